@@ -1,0 +1,102 @@
+"""Which decode runs next: finals before partials, partials "latest wins" per session (pure, no asyncio).
+
+Finals are served first-come first-served, so no final ever waits behind a partial. A session has at most one
+partial queued: a newer request replaces the older one, and partials of an utterance that has ended are dropped.
+Among partials, the one waiting longest goes first, so under load every session's interim text thins out evenly.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass
+from typing import Generic, Protocol, TypeVar
+
+
+class Schedulable(Protocol):
+    @property
+    def session_id(self) -> str: ...
+    @property
+    def utterance_id(self) -> int: ...
+    @property
+    def request_id(self) -> int: ...
+    @property
+    def final(self) -> bool: ...
+
+
+R = TypeVar("R", bound=Schedulable)
+
+
+@dataclass(frozen=True)
+class QueueStatistics:
+    finals_queued: int
+    partials_queued: int
+    partials_replaced: int
+    partials_dropped: int
+    finals_cancelled: int
+
+
+class DecodeQueue(Generic[R]):
+    def __init__(self) -> None:
+        self._finals: deque[R] = deque()
+        self._partials: dict[str, R] = {}  # insertion order = waiting order
+        self._replaced = 0
+        self._dropped = 0
+        self._cancelled = 0
+
+    def __len__(self) -> int:
+        return len(self._finals) + len(self._partials)
+
+    def submit(self, request: R) -> None:
+        if request.final:
+            self._finals.append(request)
+            return
+        if request.session_id in self._partials:
+            self._replaced += 1  # assigning an existing key keeps its place in line
+        self._partials[request.session_id] = request
+
+    def next(self) -> R | None:
+        if self._finals:
+            return self._finals.popleft()
+        if self._partials:
+            session_id = next(iter(self._partials))
+            return self._partials.pop(session_id)
+        return None
+
+    def utterance_ended(self, session_id: str, utterance_id: int) -> None:
+        """Drop the session's queued partial if it belongs to an utterance that has ended."""
+        partial = self._partials.get(session_id)
+        if partial is not None and partial.utterance_id <= utterance_id:
+            del self._partials[session_id]
+            self._dropped += 1
+
+    def cancel(self, session_id: str, request_id: int) -> bool:
+        """Withdraw one queued request (a tentative final whose speech resumed); False if not queued."""
+        partial = self._partials.get(session_id)
+        if partial is not None and partial.request_id == request_id:
+            del self._partials[session_id]
+            self._dropped += 1
+            return True
+        for request in self._finals:
+            if request.session_id == session_id and request.request_id == request_id:
+                self._finals.remove(request)
+                self._cancelled += 1
+                return True
+        return False
+
+    def cancel_session(self, session_id: str) -> int:
+        """Withdraw everything a session queued (it has stopped); returns how many."""
+        before = len(self)
+        self._partials.pop(session_id, None)
+        self._finals = deque(r for r in self._finals if r.session_id != session_id)
+        removed = before - len(self)
+        self._cancelled += removed
+        return removed
+
+    def statistics(self) -> QueueStatistics:
+        return QueueStatistics(
+            finals_queued=len(self._finals),
+            partials_queued=len(self._partials),
+            partials_replaced=self._replaced,
+            partials_dropped=self._dropped,
+            finals_cancelled=self._cancelled,
+        )

@@ -1,0 +1,196 @@
+"""TranscriberActor: one loaded speech model, shared by every session of a node.
+
+Sessions `tell` it a `DecodeRequest` naming where the answer goes; it queues requests in a `DecodeQueue`
+(finals before partials, partials latest-wins per session), runs at most `inference_threads` decodes at once
+in its own thread pool, and tells each result back as `Decoded`. Blocking inference never runs on the loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+import structlog
+
+from dalston.actors.decode_queue import DecodeQueue
+from dalston.actors.runtime import Actor, ActorDead, ActorRef, ExitReason
+
+log = structlog.get_logger(__name__)
+
+
+class Decoder(Protocol):
+    """The model interface (a faster-whisper `WhisperDecoder`, or a fake in scheduling tests)."""
+
+    def decode(
+        self,
+        audio: np.ndarray,
+        *,
+        final: bool,
+        word_timestamps: bool,
+        language: str | None,
+        offset_s: float,
+    ) -> Any: ...
+
+
+@dataclass(frozen=True, eq=False)
+class DecodeRequest:
+    """Decode `audio` (float32, 16 kHz) of one utterance; `reply_to` receives a `Decoded`."""
+
+    session_id: str
+    utterance_id: int
+    request_id: int
+    audio: np.ndarray
+    offset_s: float
+    final: bool
+    reply_to: ActorRef
+    word_timestamps: bool = False
+    language: str | None = None
+    submitted_at: float = field(default_factory=time.monotonic)
+
+
+@dataclass(frozen=True)
+class UtteranceEnded:
+    """Partials of this utterance (and earlier ones) are no longer wanted."""
+
+    session_id: str
+    utterance_id: int
+
+
+@dataclass(frozen=True)
+class CancelDecode:
+    """Withdraw one queued request, if it has not started."""
+
+    session_id: str
+    request_id: int
+
+
+@dataclass(frozen=True)
+class CancelSession:
+    """The session stopped: withdraw everything it queued."""
+
+    session_id: str
+
+
+@dataclass(frozen=True, eq=False)
+class Decoded:
+    """The answer to a DecodeRequest: a result, or the error that prevented one."""
+
+    session_id: str
+    utterance_id: int
+    request_id: int
+    final: bool
+    result: Any | None
+    error: str | None
+    queued_s: float
+    decode_s: float
+
+
+@dataclass(frozen=True)
+class _DecodeFinished:
+    pass
+
+
+DecoderFactory = Callable[[], Decoder]
+
+
+class TranscriberActor(Actor):
+    """Owns one model. `load_decoder` runs in the thread pool at start (loading takes seconds)."""
+
+    mailbox_size = 1024
+
+    def __init__(self, alias: str, load_decoder: DecoderFactory, inference_threads: int = 2) -> None:
+        self.alias = alias
+        self._load_decoder = load_decoder
+        self._threads = inference_threads
+        self._queue: DecodeQueue[DecodeRequest] = DecodeQueue()
+        self._running: set[asyncio.Task[None]] = set()
+        self._pool: ThreadPoolExecutor | None = None
+        self._decoder: Decoder | None = None
+        self._decodes = {"final": 0, "partial": 0, "failed": 0}
+        self._decode_s_total = 0.0
+
+    async def on_start(self) -> None:
+        self._pool = ThreadPoolExecutor(self._threads, thread_name_prefix=f"decode-{self.alias}")
+        self._decoder = await asyncio.get_running_loop().run_in_executor(self._pool, self._load_decoder)
+
+    async def receive(self, message: Any) -> None:
+        match message:
+            case DecodeRequest():
+                self._queue.submit(message)
+            case UtteranceEnded(session_id, utterance_id):
+                self._queue.utterance_ended(session_id, utterance_id)
+            case CancelDecode(session_id, request_id):
+                self._queue.cancel(session_id, request_id)
+            case CancelSession(session_id):
+                self._queue.cancel_session(session_id)
+            case _DecodeFinished():
+                pass
+            case _:
+                await super().receive(message)
+        self._dispatch()
+
+    def _dispatch(self) -> None:
+        while len(self._running) < self._threads:
+            request = self._queue.next()
+            if request is None:
+                return
+            task = asyncio.create_task(self._decode(request), name=f"decode:{request.session_id}")
+            self._running.add(task)
+
+    async def _decode(self, request: DecodeRequest) -> None:
+        assert self._pool is not None and self._decoder is not None
+        started = time.monotonic()
+        result, error = None, None
+        try:
+            result = await asyncio.get_running_loop().run_in_executor(self._pool, self._run_decoder, request)
+        except Exception as exc:  # a failed decode is reported to its session; the model stays loaded
+            error = f"{type(exc).__name__}: {exc}"
+            log.exception("transcriber.decode_failed", model=self.alias, session_id=request.session_id)
+        finished = time.monotonic()
+        self._count(request, error, finished - started)
+        answer = Decoded(request.session_id, request.utterance_id, request.request_id, request.final, result,
+                         error, started - request.submitted_at, finished - started)
+        try:
+            with contextlib.suppress(ActorDead):  # the session may have ended while its decode ran
+                await request.reply_to.tell(answer)
+        finally:
+            self._running.discard(asyncio.current_task())  # type: ignore[arg-type]
+            with contextlib.suppress(ActorDead):
+                self.ref.send_system(_DecodeFinished())  # wake the dispatcher: a thread is free
+
+    def _run_decoder(self, request: DecodeRequest) -> Any:
+        assert self._decoder is not None
+        return self._decoder.decode(request.audio, final=request.final, word_timestamps=request.word_timestamps,
+                                    language=request.language, offset_s=request.offset_s)
+
+    def _count(self, request: DecodeRequest, error: str | None, decode_s: float) -> None:
+        self._decodes["failed" if error else "final" if request.final else "partial"] += 1
+        self._decode_s_total += decode_s
+
+    async def on_stop(self, reason: ExitReason) -> None:
+        for task in list(self._running):
+            task.cancel()
+        if self._running:
+            await asyncio.gather(*self._running, return_exceptions=True)
+        if self._pool is not None:
+            self._pool.shutdown(wait=False, cancel_futures=True)
+
+    def statistics_extra(self) -> dict[str, Any]:
+        queue = self._queue.statistics()
+        done = sum(self._decodes.values())
+        return {
+            "model": self.alias,
+            "running": len(self._running),
+            "finals_queued": queue.finals_queued,
+            "partials_queued": queue.partials_queued,
+            "partials_replaced": queue.partials_replaced,
+            "partials_dropped": queue.partials_dropped,
+            "decodes": dict(self._decodes),
+            "mean_decode_s": round(self._decode_s_total / done, 4) if done else None,
+        }
