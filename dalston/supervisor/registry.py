@@ -1,0 +1,203 @@
+"""The cluster registry: which workers exist, how full they are, which sessions run where.
+
+`NodeRegistry` is the interface the gateway, the worker node and the CLI use. Two implementations share its
+semantics: `RedisRegistry` (many processes, one Redis; every mutation is one atomic Lua script) and
+`MemoryRegistry` (one process, no Redis). Allocation is "most free slots wins" among live, ready workers that
+have the model, chosen from a per-model index of free slots so that acquiring never reads every worker.
+"""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass
+from enum import StrEnum
+from types import TracebackType
+from typing import Self
+
+DEFAULT_PREFIX = "dalston:realtime:"
+DEFAULT_ENDED_SESSION_TTL_S = 3600.0
+
+
+class WorkerStatus(StrEnum):
+    READY = "ready"
+    DRAINING = "draining"
+    STOPPED = "stopped"
+
+
+class SessionStatus(StrEnum):
+    ACTIVE = "active"
+    ENDED = "ended"
+
+
+class RegistryError(Exception):
+    """Base of the errors a registry raises on purpose."""
+
+
+class RegistryUnavailable(RegistryError):
+    """The backing store cannot be reached (Redis down or restarting); retrying later may work."""
+
+
+class SessionExists(RegistryError):
+    """An acquire named a session id that is already active."""
+
+
+@dataclass(frozen=True)
+class WorkerInfo:
+    """What a worker announces when it registers."""
+
+    worker_id: str
+    endpoint: str
+    capacity: int
+    models: tuple[str, ...]
+
+    def __post_init__(self) -> None:
+        if self.capacity < 0:
+            raise ValueError(f"capacity must be >= 0, got {self.capacity}")
+        if not self.worker_id:
+            raise ValueError("worker_id must not be empty")
+
+
+@dataclass(frozen=True)
+class WorkerRecord:
+    """A worker as the registry sees it. Times are Unix seconds."""
+
+    worker_id: str
+    endpoint: str
+    status: WorkerStatus
+    capacity: int
+    active_sessions: int
+    models: tuple[str, ...]
+    started_at: float
+    last_heartbeat: float
+    alive: bool
+
+    @property
+    def free_slots(self) -> int:
+        return max(0, self.capacity - self.active_sessions)
+
+
+@dataclass(frozen=True)
+class SessionInfo:
+    """What the gateway knows about a session when it asks for a slot."""
+
+    session_id: str
+    model: str
+    language: str = "auto"
+    client_ip: str = ""
+
+
+@dataclass(frozen=True)
+class SessionRecord:
+    """A session as the registry sees it. `ended_at` is None while it is active."""
+
+    session_id: str
+    worker_id: str
+    status: SessionStatus
+    model: str
+    language: str
+    client_ip: str
+    started_at: float
+    ended_at: float | None
+
+
+@dataclass(frozen=True)
+class Allocation:
+    """A reserved slot: the session may now be spawned on `worker_id` at `endpoint`."""
+
+    session_id: str
+    worker_id: str
+    endpoint: str
+
+
+def check_status(status: str) -> WorkerStatus:
+    """The `WorkerStatus` named by `status`; ValueError for anything else."""
+    try:
+        return WorkerStatus(status)
+    except ValueError:
+        raise ValueError(f"unknown worker status {status!r}") from None
+
+
+class NodeRegistry(abc.ABC):
+    """Workers register and heartbeat; gateways acquire and release slots; a reaper removes the dead.
+
+    Semantics every implementation keeps:
+    - a worker is eligible for a new session while its liveness has not lapsed, its status is `ready`, it
+      loaded the model and it has a free slot; among eligible workers the one with most free slots wins;
+    - `active_sessions` changes only by acquire (+1), release (-1, once per session) and reaping/deregistering
+      (back to nothing); a heartbeat never writes it;
+    - ended sessions are kept for `ended_session_ttl_s` and then vanish.
+    """
+
+    @abc.abstractmethod
+    async def register(self, worker: WorkerInfo, liveness_ttl_s: float) -> None:
+        """Announce a (re)started worker as ready with no sessions.
+
+        A record left by an earlier run with the same id is replaced and its sessions are ended.
+        """
+
+    @abc.abstractmethod
+    async def heartbeat(self, worker_id: str, liveness_ttl_s: float) -> bool:
+        """Renew liveness. False when the registry does not know the worker: the caller registers again."""
+
+    @abc.abstractmethod
+    async def set_status(self, worker_id: str, status: str) -> bool:
+        """Change the status; only `ready` workers get new sessions. False for an unknown worker."""
+
+    @abc.abstractmethod
+    async def deregister(self, worker_id: str) -> bool:
+        """Remove the worker and end its sessions. False when it was not registered."""
+
+    @abc.abstractmethod
+    async def acquire(self, session: SessionInfo, exclude: frozenset[str] = frozenset()) -> Allocation | None:
+        """Reserve a slot on the best eligible worker not in `exclude`, and record the session as active.
+
+        None when no worker can take it. Raises `SessionExists` if the session id is already active.
+        """
+
+    @abc.abstractmethod
+    async def release(self, session_id: str) -> bool:
+        """End the session and free its slot. True only for the call that actually ended it."""
+
+    @abc.abstractmethod
+    async def list_workers(self) -> list[WorkerRecord]:
+        """Every registered worker, dead-but-not-yet-reaped ones included (`alive` False)."""
+
+    @abc.abstractmethod
+    async def get_session(self, session_id: str) -> SessionRecord | None: ...
+
+    @abc.abstractmethod
+    async def list_sessions(self, active_only: bool = True) -> list[SessionRecord]: ...
+
+    @abc.abstractmethod
+    async def free_slots(self, model: str) -> dict[str, int]:
+        """The index acquire chooses from for `model`: worker id -> free slots (may still hold dead workers)."""
+
+    @abc.abstractmethod
+    async def reap(self) -> list[str]:
+        """Remove workers whose liveness lapsed, ending their sessions; returns their ids."""
+
+    @abc.abstractmethod
+    async def close(self) -> None: ...
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+
+def create_registry(redis_url: str | None = None, **options: object) -> NodeRegistry:
+    """A `RedisRegistry` on `redis_url`, or an in-process `MemoryRegistry` when no URL is given."""
+    # Imported here: both implementations import this module.
+    if redis_url is None:
+        from dalston.supervisor.memory_registry import MemoryRegistry
+
+        return MemoryRegistry(**options)  # type: ignore[arg-type]
+    from dalston.supervisor.redis_registry import RedisRegistry
+
+    return RedisRegistry.from_url(redis_url, **options)  # type: ignore[arg-type]

@@ -1,0 +1,107 @@
+"""Pytest fixtures around a real `redis-server` on loopback, started by the tests themselves.
+
+Load with `pytest_plugins = ["tests.redis_server"]` in tests/conftest.py (or `from redis_server import ...`).
+- `redis_server` (session): one server in a temporary folder, no persistence, stopped after the run;
+- `redis_prefix`: a key prefix unique to the test, so tests never see each other's keys;
+- `redis_client`: an asyncio client (decode_responses=True) on that server, closed after the test;
+- `start_redis_server(folder)`: start another server, for tests that stop or restart one.
+"""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import redis
+import redis.asyncio as aioredis
+
+_START_TIMEOUT_S = 10.0
+
+
+@dataclass(frozen=True)
+class RedisServer:
+    host: str
+    port: int
+    process: subprocess.Popen[bytes]
+    folder: Path
+
+    @property
+    def url(self) -> str:
+        return f"redis://{self.host}:{self.port}/0"
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _wait_until_ready(server: RedisServer) -> bool:
+    deadline = time.monotonic() + _START_TIMEOUT_S
+    client = redis.Redis(host=server.host, port=server.port, socket_timeout=1)
+    try:
+        while time.monotonic() < deadline:
+            if server.process.poll() is not None:
+                return False
+            try:
+                if client.ping():
+                    return True
+            except redis.exceptions.ConnectionError:
+                time.sleep(0.02)
+        return False
+    finally:
+        client.close()
+
+
+def start_redis_server(folder: Path, port: int | None = None) -> RedisServer:
+    """Start a `redis-server` on 127.0.0.1 (a free port unless given) and wait until it answers PING."""
+    binary = shutil.which("redis-server")
+    if binary is None:
+        pytest.fail("redis-server is not installed (apt-get install redis-server)")
+    folder.mkdir(parents=True, exist_ok=True)
+    for _ in range(3):  # the free port may be taken between choosing it and binding it
+        chosen = port or _free_port()
+        args = [binary, "--port", str(chosen), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+        args += ["--dir", str(folder), "--logfile", str(folder / "redis.log"), "--daemonize", "no"]
+        process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        server = RedisServer("127.0.0.1", chosen, process, folder)
+        if _wait_until_ready(server):
+            return server
+        server.stop()
+    log = (folder / "redis.log").read_text(errors="replace")[-2000:]
+    pytest.fail(f"redis-server did not start:\n{log}")
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    server = start_redis_server(tmp_path_factory.mktemp("redis"))
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def redis_prefix() -> str:
+    return f"test:{uuid.uuid4().hex[:12]}:"
+
+
+@pytest.fixture
+async def redis_client(redis_server: RedisServer) -> AsyncIterator[aioredis.Redis]:
+    client = aioredis.Redis.from_url(redis_server.url, decode_responses=True)
+    yield client
+    await client.aclose()

@@ -1,0 +1,105 @@
+"""One way to drive both registry implementations from the same tests.
+
+The only backend-specific acts are making a registry, making a worker's liveness lapse and letting time pass:
+the memory registry runs on a manual clock, the Redis one on Redis's own TTLs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import redis.asyncio as aioredis
+
+from dalston.supervisor.memory_registry import MemoryRegistry
+from dalston.supervisor.redis_registry import RedisRegistry
+from dalston.supervisor.registry import NodeRegistry
+
+LIVENESS_TTL_S = 30.0
+
+
+class ManualClock:
+    def __init__(self, now: float = 1_700_000_000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+class MemoryHarness:
+    kind = "memory"
+
+    def __init__(self) -> None:
+        self.clock = ManualClock()
+
+    async def make(self, **options: float) -> NodeRegistry:
+        return MemoryRegistry(clock=self.clock, **options)
+
+    async def expire_liveness(self, registry: NodeRegistry, worker_id: str) -> None:
+        # One clock serves every worker: let all lapse, then renew the others.
+        others = [w.worker_id for w in await registry.list_workers() if w.alive and w.worker_id != worker_id]
+        self.clock.advance(LIVENESS_TTL_S + 1.0)
+        for other in others:
+            await registry.heartbeat(other, LIVENESS_TTL_S)
+
+    async def let_time_pass(self, seconds: float) -> None:
+        self.clock.advance(seconds)
+
+
+class RedisHarness:
+    kind = "redis"
+
+    def __init__(self, client: aioredis.Redis, prefix: str) -> None:
+        self.client = client
+        self.prefix = prefix
+
+    async def make(self, **options: float) -> NodeRegistry:
+        return RedisRegistry(self.client, prefix=self.prefix, **options)
+
+    async def expire_liveness(self, registry: NodeRegistry, worker_id: str) -> None:
+        # Deleting the key is exactly what its TTL running out does.
+        await self.client.delete(f"{self.prefix}worker:{worker_id}:alive")
+
+    async def let_time_pass(self, seconds: float) -> None:
+        await asyncio.sleep(seconds)
+
+
+Harness = MemoryHarness | RedisHarness
+
+
+@asynccontextmanager
+async def open_harness(kind: str, redis_url: str | None, prefix: str) -> AsyncIterator[Harness]:
+    if kind == "memory":
+        yield MemoryHarness()
+        return
+    assert redis_url is not None
+    client = aioredis.Redis.from_url(redis_url, decode_responses=True)
+    try:
+        yield RedisHarness(client, prefix)
+    finally:
+        await client.aclose()
+
+
+async def assert_consistent(registry: NodeRegistry, models: tuple[str, ...]) -> None:
+    """Counts match the active sessions, nobody is over capacity, and free:{model} tells the truth."""
+    workers = {w.worker_id: w for w in await registry.list_workers()}
+    sessions = await registry.list_sessions(active_only=True)
+    for session in sessions:
+        assert session.worker_id in workers, f"{session} runs on an unregistered worker"
+    for worker in workers.values():
+        on_worker = sum(1 for s in sessions if s.worker_id == worker.worker_id)
+        assert worker.active_sessions == on_worker, worker
+        assert 0 <= worker.active_sessions <= worker.capacity, worker
+    for model in models:
+        index = await registry.free_slots(model)
+        for worker_id, free in index.items():
+            worker = workers[worker_id]
+            assert worker.status == "ready" and model in worker.models, worker
+            assert free == worker.capacity - worker.active_sessions, (model, worker, free)
+        for worker in workers.values():
+            if worker.alive and worker.status == "ready" and model in worker.models:
+                assert worker.worker_id in index, (model, worker)

@@ -1,0 +1,268 @@
+"""The registry's semantics, run against both RedisRegistry (real redis-server) and MemoryRegistry."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import pytest
+from registry_harness import LIVENESS_TTL_S, Harness, assert_consistent, open_harness
+
+from dalston.supervisor.registry import (
+    NodeRegistry,
+    SessionExists,
+    SessionInfo,
+    SessionStatus,
+    WorkerInfo,
+    WorkerStatus,
+)
+
+pytest_plugins = ["redis_server"]
+
+MODELS = ("fast", "accurate")
+
+
+@pytest.fixture(params=["memory", "redis"])
+async def harness(request: pytest.FixtureRequest, redis_prefix: str) -> AsyncIterator[Harness]:
+    url = request.getfixturevalue("redis_server").url if request.param == "redis" else None
+    async with open_harness(request.param, url, redis_prefix) as harness:
+        yield harness
+
+
+@pytest.fixture
+async def registry(harness: Harness) -> AsyncIterator[NodeRegistry]:
+    registry = await harness.make()
+    yield registry
+    await registry.close()
+
+
+def worker(worker_id: str, capacity: int = 2, models: tuple[str, ...] = ("fast",)) -> WorkerInfo:
+    return WorkerInfo(worker_id, f"ws://{worker_id}.local:9000/link", capacity, models)
+
+
+def session(session_id: str, model: str = "fast") -> SessionInfo:
+    return SessionInfo(session_id, model=model, language="en", client_ip="10.0.0.7")
+
+
+async def register(registry: NodeRegistry, *workers: WorkerInfo) -> None:
+    for info in workers:
+        await registry.register(info, LIVENESS_TTL_S)
+
+
+async def counts(registry: NodeRegistry) -> dict[str, int]:
+    return {w.worker_id: w.active_sessions for w in await registry.list_workers()}
+
+
+async def test_registered_workers_are_listed_ready_alive_and_empty(registry: NodeRegistry) -> None:
+    await register(registry, worker("a", 3, MODELS), worker("b", 1))
+    listed = {w.worker_id: w for w in await registry.list_workers()}
+    assert set(listed) == {"a", "b"}
+    assert listed["a"].status is WorkerStatus.READY and listed["a"].alive
+    assert (listed["a"].capacity, listed["a"].active_sessions, listed["a"].models) == (3, 0, MODELS)
+    assert listed["a"].endpoint == "ws://a.local:9000/link"
+    assert await registry.free_slots("accurate") == {"a": 3}
+    assert await registry.free_slots("fast") == {"a": 3, "b": 1}
+
+
+async def test_each_acquire_goes_to_a_worker_with_the_most_free_slots(registry: NodeRegistry) -> None:
+    await register(registry, worker("a", 2), worker("b", 4), worker("c", 3))
+    for n in range(9):
+        free = {w.worker_id: w.free_slots for w in await registry.list_workers()}
+        allocation = await registry.acquire(session(f"s{n}"))
+        assert allocation is not None
+        assert free[allocation.worker_id] == max(free.values())
+    assert await counts(registry) == {"a": 2, "b": 4, "c": 3}
+    await assert_consistent(registry, MODELS)
+
+
+async def test_acquire_only_considers_workers_that_loaded_the_model(registry: NodeRegistry) -> None:
+    await register(registry, worker("fast-only", 5, ("fast",)), worker("both", 1, MODELS))
+    first = await registry.acquire(session("s1", model="accurate"))
+    assert first is not None and first.worker_id == "both"
+    assert await registry.acquire(session("s2", model="accurate")) is None
+    assert await registry.acquire(session("s3", model="huge")) is None
+
+
+async def test_a_draining_worker_gets_no_new_sessions_until_ready_again(registry: NodeRegistry) -> None:
+    await register(registry, worker("a", 2))
+    assert await registry.set_status("a", "draining")
+    assert await registry.acquire(session("s1")) is None
+    assert await registry.free_slots("fast") == {}
+    assert await registry.set_status("a", WorkerStatus.READY)
+    allocation = await registry.acquire(session("s1"))
+    assert allocation is not None and allocation.worker_id == "a"
+    await assert_consistent(registry, MODELS)
+
+
+async def test_set_status_reports_unknown_workers_and_rejects_unknown_statuses(registry: NodeRegistry) -> None:
+    assert not await registry.set_status("ghost", "draining")
+    await register(registry, worker("a"))
+    with pytest.raises(ValueError):
+        await registry.set_status("a", "sleepy")
+
+
+async def test_no_worker_takes_more_sessions_than_its_capacity(registry: NodeRegistry) -> None:
+    await register(registry, worker("a", 2), worker("b", 1))
+    allocations = [await registry.acquire(session(f"s{n}")) for n in range(5)]
+    assert [a is not None for a in allocations] == [True, True, True, False, False]
+    assert await counts(registry) == {"a": 2, "b": 1}
+    assert await registry.free_slots("fast") == {"a": 0, "b": 0}
+
+
+async def test_release_frees_the_slot_exactly_once(registry: NodeRegistry) -> None:
+    await register(registry, worker("a", 2))
+    await registry.acquire(session("s1"))
+    await registry.acquire(session("s2"))
+    assert await registry.release("s1") is True
+    assert await registry.release("s1") is False
+    assert await registry.release("never-existed") is False
+    assert await counts(registry) == {"a": 1}
+    ended = await registry.get_session("s1")
+    assert ended is not None and ended.status is SessionStatus.ENDED and ended.ended_at is not None
+    await assert_consistent(registry, MODELS)
+
+
+async def test_an_acquired_session_is_recorded_as_active(registry: NodeRegistry) -> None:
+    await register(registry, worker("a"))
+    allocation = await registry.acquire(session("s1"))
+    assert allocation is not None and allocation.endpoint == "ws://a.local:9000/link"
+    record = await registry.get_session("s1")
+    assert record is not None
+    assert (record.worker_id, record.status, record.model, record.language, record.client_ip) == (
+        "a",
+        SessionStatus.ACTIVE,
+        "fast",
+        "en",
+        "10.0.0.7",
+    )
+    assert record.ended_at is None
+    assert [s.session_id for s in await registry.list_sessions()] == ["s1"]
+
+
+async def test_listing_all_sessions_includes_ended_ones(registry: NodeRegistry) -> None:
+    await register(registry, worker("a"))
+    await registry.acquire(session("s1"))
+    await registry.acquire(session("s2"))
+    await registry.release("s1")
+    assert [s.session_id for s in await registry.list_sessions()] == ["s2"]
+    assert sorted(s.session_id for s in await registry.list_sessions(active_only=False)) == ["s1", "s2"]
+
+
+async def test_an_active_session_id_cannot_be_acquired_twice_but_an_ended_one_can(registry: NodeRegistry) -> None:
+    await register(registry, worker("a", 3))
+    await registry.acquire(session("s1"))
+    with pytest.raises(SessionExists):
+        await registry.acquire(session("s1"))
+    await registry.release("s1")
+    again = await registry.acquire(session("s1"))
+    assert again is not None
+    record = await registry.get_session("s1")
+    assert record is not None and record.status is SessionStatus.ACTIVE and record.ended_at is None
+    assert await counts(registry) == {"a": 1}
+
+
+async def test_excluded_workers_are_skipped(registry: NodeRegistry) -> None:
+    await register(registry, worker("big", 5), worker("small", 1))
+    allocation = await registry.acquire(session("s1"), exclude=frozenset({"big"}))
+    assert allocation is not None and allocation.worker_id == "small"
+    assert await registry.acquire(session("s2"), exclude=frozenset({"big", "small"})) is None
+    assert await counts(registry) == {"big": 0, "small": 1}
+
+
+async def test_a_heartbeat_never_touches_the_session_count(registry: NodeRegistry) -> None:
+    await register(registry, worker("a", 3))
+    await registry.acquire(session("s1"))
+    await registry.acquire(session("s2"))
+    assert await registry.heartbeat("a", LIVENESS_TTL_S)
+    assert await counts(registry) == {"a": 2}
+    assert await registry.free_slots("fast") == {"a": 1}
+
+
+async def test_a_heartbeat_from_an_unknown_worker_returns_false(registry: NodeRegistry) -> None:
+    assert await registry.heartbeat("ghost", LIVENESS_TTL_S) is False
+    assert await registry.list_workers() == []
+
+
+async def test_a_worker_whose_liveness_lapsed_gets_no_sessions_even_before_reaping(
+    harness: Harness, registry: NodeRegistry
+) -> None:
+    await register(registry, worker("dead", 5), worker("live", 1))
+    await harness.expire_liveness(registry, "dead")
+    allocation = await registry.acquire(session("s1"))
+    assert allocation is not None and allocation.worker_id == "live"
+    assert await registry.acquire(session("s2")) is None
+    assert {w.worker_id: w.alive for w in await registry.list_workers()} == {"dead": False, "live": True}
+    assert "dead" not in await registry.free_slots("fast")
+
+
+async def test_reaping_ends_a_dead_workers_sessions_and_forgets_it(harness: Harness, registry: NodeRegistry) -> None:
+    await register(registry, worker("dead", 2), worker("live", 2))
+    await registry.acquire(session("s1"))
+    await registry.acquire(session("s2"))
+    on_dead = [s.session_id for s in await registry.list_sessions() if s.worker_id == "dead"]
+    await harness.expire_liveness(registry, "dead")
+    assert await registry.reap() == ["dead"]
+    assert await registry.reap() == []
+    assert [w.worker_id for w in await registry.list_workers()] == ["live"]
+    for session_id in on_dead:
+        record = await registry.get_session(session_id)
+        assert record is not None and record.status is SessionStatus.ENDED
+        assert await registry.release(session_id) is False
+    assert await registry.heartbeat("dead", LIVENESS_TTL_S) is False
+    await assert_consistent(registry, MODELS)
+
+
+async def test_a_heartbeat_revives_a_lapsed_worker_not_yet_reaped(harness: Harness, registry: NodeRegistry) -> None:
+    await register(registry, worker("a", 2))
+    await registry.acquire(session("s1"))
+    await harness.expire_liveness(registry, "a")
+    assert await registry.acquire(session("s2")) is None
+    assert await registry.heartbeat("a", LIVENESS_TTL_S)
+    assert await registry.free_slots("fast") == {"a": 1}
+    assert await registry.acquire(session("s2")) is not None
+    assert await counts(registry) == {"a": 2}
+
+
+async def test_ended_sessions_expire(harness: Harness) -> None:
+    registry = await harness.make(ended_session_ttl_s=0.2)
+    await register(registry, worker("a"))
+    await registry.acquire(session("s1"))
+    await registry.release("s1")
+    assert await registry.get_session("s1") is not None
+    await harness.let_time_pass(0.5)
+    assert await registry.get_session("s1") is None
+    assert await registry.list_sessions(active_only=False) == []
+
+
+async def test_deregistering_ends_the_workers_sessions(registry: NodeRegistry) -> None:
+    await register(registry, worker("a", 2))
+    await registry.acquire(session("s1"))
+    assert await registry.deregister("a") is True
+    assert await registry.deregister("a") is False
+    assert await registry.list_workers() == []
+    assert await registry.free_slots("fast") == {}
+    record = await registry.get_session("s1")
+    assert record is not None and record.status is SessionStatus.ENDED
+
+
+async def test_a_worker_registers_again_after_the_registry_forgot_it(registry: NodeRegistry) -> None:
+    await register(registry, worker("a", 2))
+    await registry.deregister("a")
+    assert await registry.heartbeat("a", LIVENESS_TTL_S) is False
+    await register(registry, worker("a", 2))
+    assert await registry.heartbeat("a", LIVENESS_TTL_S) is True
+    assert await registry.acquire(session("s1")) is not None
+    await assert_consistent(registry, MODELS)
+
+
+async def test_registering_again_replaces_the_previous_run(registry: NodeRegistry) -> None:
+    await register(registry, worker("a", 2, MODELS))
+    await registry.acquire(session("s1"))
+    await register(registry, worker("a", 4, ("accurate",)))
+    [record] = await registry.list_workers()
+    assert (record.capacity, record.active_sessions, record.models) == (4, 0, ("accurate",))
+    assert await registry.free_slots("fast") == {}
+    old = await registry.get_session("s1")
+    assert old is not None and old.status is SessionStatus.ENDED
+    assert await registry.release("s1") is False
+    assert await counts(registry) == {"a": 0}
+    await assert_consistent(registry, MODELS)
