@@ -10,6 +10,8 @@ import re
 from collections.abc import Sequence
 
 _NON_WORD = re.compile(r"[^\w']+")
+# Whisper writes honorifics abbreviated, read-speech references spell them out; nothing else is mapped.
+_SPELLED_OUT = {"mr": "mister", "mrs": "missus", "dr": "doctor"}
 
 
 def word_key(word: str) -> str:
@@ -20,7 +22,7 @@ def word_key(word: str) -> str:
 def normalize_words(text: str) -> list[str]:
     """Split text into comparison keys, dropping tokens that are punctuation only."""
     keys = (word_key(token) for token in _NON_WORD.sub(" ", text.replace("-", " ")).split())
-    return [key for key in keys if key]
+    return [_SPELLED_OUT.get(key, key) for key in keys if key]
 
 
 def edit_distance(reference: Sequence[str], hypothesis: Sequence[str]) -> int:

@@ -1,0 +1,276 @@
+"""Synchronous Whisper decoding of one utterance, with guards against made-up text (DESIGN §5).
+
+`WhisperDecoder.decode` blocks; the TranscriberActor calls it from its thread pool. One loaded model is shared
+by every thread: CTranslate2 queues concurrent calls on its own workers.
+
+The guards are pure functions over plain segments, so they are tested without a model:
+- audio quieter than a floor is not decoded at all;
+- a segment Whisper itself thinks is no speech (high no-speech probability) and that is either unlikely (low
+  average log-probability) or repetitive (high compression ratio) is dropped, as are the well-known
+  "thank you" style fillers when the no-speech probability is raised;
+- a phrase repeated `min_repeats` times in a row is kept once (words, and whole segments).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import numpy as np
+
+from dalston.actors.models import ResolvedModel
+from dalston.wer import normalize_words, word_key
+
+SAMPLE_RATE = 16_000
+
+# Said by Whisper over near-silence because its training subtitles end that way. Kept deliberately short.
+FILLER_PHRASES = frozenset({"you", "thank you", "thanks for watching", "thank you for watching", "bye"})
+
+
+@dataclass(frozen=True)
+class Word:
+    word: str
+    start_s: float
+    end_s: float
+    confidence: float
+
+
+@dataclass(frozen=True)
+class DecodedSegment:
+    start_s: float
+    end_s: float
+    text: str
+    avg_logprob: float
+    no_speech_prob: float
+    words: tuple[Word, ...] | None
+    compression_ratio: float = 1.0
+
+
+@dataclass(frozen=True)
+class DecodeResult:
+    text: str
+    segments: tuple[DecodedSegment, ...]
+    language: str
+    duration_s: float
+    decode_s: float
+
+
+@dataclass(frozen=True)
+class GuardOptions:
+    no_speech_threshold: float = 0.6
+    log_prob_threshold: float = -1.0
+    compression_ratio_threshold: float = 2.4
+    filler_no_speech_prob: float = 0.3
+    min_repeats: int = 3
+    max_phrase_words: int = 8
+
+
+@dataclass(frozen=True)
+class DecoderOptions:
+    min_rms: float = 0.002  # about -54 dBFS: below it nothing is said, whatever the VAD thought
+    # Whisper's fallback to sampling on a failed greedy/beam pass; bounded to keep the worst final fast.
+    final_temperatures: tuple[float, ...] = (0.0, 0.2, 0.4, 0.6)
+    guards: GuardOptions = field(default_factory=GuardOptions)
+
+
+# ---------------------------------------------------------------- pure guards
+
+
+def rms(audio: np.ndarray) -> float:
+    return float(np.sqrt(np.mean(np.square(audio, dtype=np.float64)))) if audio.size else 0.0
+
+
+def is_made_up(segment: DecodedSegment, options: GuardOptions) -> bool:
+    """Whisper's own no-speech test, widened to catch confident loops over non-speech (a tone: "beep beep")."""
+    if segment.no_speech_prob <= options.no_speech_threshold:
+        return False
+    return (segment.avg_logprob < options.log_prob_threshold
+            or segment.compression_ratio > options.compression_ratio_threshold)
+
+
+def is_filler(segment: DecodedSegment, options: GuardOptions) -> bool:
+    phrase = " ".join(normalize_words(segment.text))
+    return phrase in FILLER_PHRASES and segment.no_speech_prob >= options.filler_no_speech_prob
+
+
+def repeat_kept_indices(keys: Sequence[str], min_repeats: int = 3, max_phrase_len: int = 8) -> list[int]:
+    """Indices to keep so that no phrase of up to `max_phrase_len` keys occurs `min_repeats`+ times in a row.
+
+    Collapsing runs to a fixpoint, so applying it to its own output changes nothing.
+    """
+    kept = list(range(len(keys)))
+    while (step := _collapse_first_run([keys[i] for i in kept], min_repeats, max_phrase_len)) is not None:
+        kept = [kept[i] for i in step]
+    return kept
+
+
+def _collapse_first_run(keys: list[str], min_repeats: int, max_phrase_len: int) -> list[int] | None:
+    for start in range(len(keys)):
+        for length in range(1, max_phrase_len + 1):
+            if start + length * min_repeats > len(keys):
+                break
+            phrase = keys[start:start + length]
+            count = 1
+            while keys[start + count * length:start + (count + 1) * length] == phrase:
+                count += 1
+            if count >= min_repeats:
+                removed = range(start + length, start + count * length)
+                return [i for i in range(len(keys)) if i not in removed]
+    return None
+
+
+def collapse_repeats(text: str, min_repeats: int = 3, max_phrase_words: int = 8) -> str:
+    """Keep once a phrase said `min_repeats`+ times in a row (case and punctuation do not count)."""
+    tokens = text.split()
+    kept = repeat_kept_indices([word_key(token) for token in tokens], min_repeats, max_phrase_words)
+    return " ".join(tokens[i] for i in kept)
+
+
+def collapse_segment(segment: DecodedSegment, options: GuardOptions) -> DecodedSegment:
+    if segment.words is None:
+        return replace(segment, text=collapse_repeats(segment.text, options.min_repeats,
+                                                      options.max_phrase_words))
+    keys = [word_key(word.word) for word in segment.words]
+    kept = repeat_kept_indices(keys, options.min_repeats, options.max_phrase_words)
+    if len(kept) == len(keys):
+        return segment
+    words = tuple(segment.words[i] for i in kept)
+    return replace(segment, words=words, text=" ".join(word.word for word in words))
+
+
+def apply_guards(segments: Sequence[DecodedSegment], options: GuardOptions) -> list[DecodedSegment]:
+    """Drop made-up segments, collapse repeated phrases inside and across segments, drop empty ones."""
+    kept = [collapse_segment(segment, options) for segment in segments
+            if not is_made_up(segment, options) and not is_filler(segment, options)]
+    kept = [segment for segment in kept if normalize_words(segment.text)]
+    keys = [" ".join(normalize_words(segment.text)) for segment in kept]
+    return [kept[i] for i in repeat_kept_indices(keys, options.min_repeats, options.max_phrase_words)]
+
+
+def clamp_segments(segments: Sequence[DecodedSegment], duration_s: float) -> list[DecodedSegment]:
+    """Order segments and words in time, inside [0, duration_s], each word inside its segment."""
+    clamped: list[DecodedSegment] = []
+    floor_s = 0.0
+    for segment in sorted(segments, key=lambda s: s.start_s):
+        start_s = min(max(segment.start_s, floor_s), duration_s)
+        end_s = min(max(segment.end_s, start_s), duration_s)
+        words = None if segment.words is None else _clamp_words(segment.words, start_s, end_s)
+        clamped.append(replace(segment, start_s=start_s, end_s=end_s, words=words))
+        floor_s = end_s
+    return clamped
+
+
+def _clamp_words(words: Sequence[Word], start_s: float, end_s: float) -> tuple[Word, ...]:
+    result: list[Word] = []
+    floor_s = start_s
+    for word in words:
+        word_start_s = min(max(word.start_s, floor_s), end_s)
+        word_end_s = min(max(word.end_s, word_start_s), end_s)
+        result.append(replace(word, start_s=word_start_s, end_s=word_end_s))
+        floor_s = word_end_s
+    return tuple(result)
+
+
+def shift_segment(segment: DecodedSegment, offset_s: float) -> DecodedSegment:
+    words = None if segment.words is None else tuple(
+        replace(word, start_s=word.start_s + offset_s, end_s=word.end_s + offset_s) for word in segment.words)
+    return replace(segment, start_s=segment.start_s + offset_s, end_s=segment.end_s + offset_s, words=words)
+
+
+def join_text(segments: Sequence[DecodedSegment]) -> str:
+    return " ".join(segment.text for segment in segments if segment.text)
+
+
+# ---------------------------------------------------------------- the model
+
+
+class WhisperDecoder:
+    """One loaded faster-whisper model; `decode` may be called from many threads at once."""
+
+    def __init__(self, resolved: ResolvedModel, options: DecoderOptions | None = None) -> None:
+        from faster_whisper import WhisperModel  # heavy import, paid only by processes that decode
+
+        spec = resolved.spec
+        self.spec = spec
+        self.options = options or DecoderOptions()
+        started = time.perf_counter()
+        # A folder path, never a hub name: WhisperModel only downloads when given something else.
+        self._model = WhisperModel(str(resolved.path), device=spec.device, compute_type=spec.compute_type,
+                                   cpu_threads=spec.cpu_threads, num_workers=1, local_files_only=True)
+        self.load_s = time.perf_counter() - started
+        self._lock = threading.Lock()
+        self._decodes = 0
+        self._skipped = 0
+        self._decode_s_total = 0.0
+
+    @property
+    def multilingual(self) -> bool:
+        return bool(self._model.model.is_multilingual)
+
+    def decode(self, audio_f32_16k: np.ndarray, *, final: bool, word_timestamps: bool,
+               language: str | None, offset_s: float, prompt: str | None = None) -> DecodeResult:
+        """Decode one utterance (16 kHz mono float32); times in the result are `offset_s` + audio time.
+
+        Finals use the spec's beam size (and word timestamps when asked); partials are greedy, no words.
+        """
+        started = time.perf_counter()
+        audio = np.ascontiguousarray(audio_f32_16k, dtype=np.float32).reshape(-1)
+        duration_s = audio.size / SAMPLE_RATE
+        language = language if language not in (None, "", "auto") else self.spec.language
+        if rms(audio) < self.options.min_rms:
+            self._count(skipped=True, decode_s=0.0)
+            return DecodeResult("", (), language or "", duration_s, time.perf_counter() - started)
+        raw, detected = self._transcribe(audio, final=final, word_timestamps=final and word_timestamps,
+                                         language=language, prompt=prompt)
+        guarded = clamp_segments(apply_guards(raw, self.options.guards), duration_s)
+        segments = tuple(shift_segment(segment, offset_s) for segment in guarded)
+        decode_s = time.perf_counter() - started
+        self._count(skipped=False, decode_s=decode_s)
+        return DecodeResult(join_text(segments), segments, detected, duration_s, decode_s)
+
+    def warm_up(self) -> float:
+        """Decode one second of silence (bypassing the energy floor) so the first request pays no setup."""
+        started = time.perf_counter()
+        self._transcribe(np.zeros(SAMPLE_RATE, dtype=np.float32), final=False, word_timestamps=False,
+                         language=self.spec.language, prompt=None)
+        return time.perf_counter() - started
+
+    def statistics(self) -> dict[str, float | int | str]:
+        with self._lock:
+            return {"alias": self.spec.alias, "decodes": self._decodes, "skipped_quiet": self._skipped,
+                    "decode_s_total": round(self._decode_s_total, 3), "load_s": round(self.load_s, 3)}
+
+    def _count(self, *, skipped: bool, decode_s: float) -> None:
+        with self._lock:
+            self._decodes += 1
+            self._skipped += int(skipped)
+            self._decode_s_total += decode_s
+
+    def _transcribe(self, audio: np.ndarray, *, final: bool, word_timestamps: bool, language: str | None,
+                    prompt: str | None) -> tuple[list[DecodedSegment], str]:
+        guards = self.options.guards
+        segments, info = self._model.transcribe(
+            audio, language=language, beam_size=self.spec.beam_size if final else 1,
+            temperature=self.options.final_temperatures if final else 0.0,
+            word_timestamps=word_timestamps, without_timestamps=not final,
+            vad_filter=False,  # our VAD already cut the utterance
+            condition_on_previous_text=False, initial_prompt=prompt or None,
+            # Whisper's own skip uses the same test as is_made_up's first half, and spares a useless fallback.
+            no_speech_threshold=guards.no_speech_threshold, log_prob_threshold=guards.log_prob_threshold,
+            compression_ratio_threshold=guards.compression_ratio_threshold)
+        converted = [_convert(segment) for segment in segments]  # the generator runs the decode
+        return converted, info.language
+
+
+def _convert(segment: Any) -> DecodedSegment:
+    raw_words = getattr(segment, "words", None)
+    words = None if raw_words is None else tuple(
+        Word(w.word.strip(), float(w.start), float(w.end), float(w.probability))
+        for w in raw_words if w.word.strip())
+    return DecodedSegment(
+        start_s=float(segment.start), end_s=float(segment.end), text=segment.text.strip(),
+        avg_logprob=float(segment.avg_logprob), no_speech_prob=float(segment.no_speech_prob),
+        words=words, compression_ratio=float(segment.compression_ratio))
