@@ -139,6 +139,9 @@ def test_the_buffer_keeps_only_what_the_current_segment_and_pre_pad_need():
         segmenter.push(audio[pos : pos + 1600])
         assert segmenter.statistics().buffered_samples <= bound
     assert segmenter.statistics().buffer_capacity_samples <= 2 * bound
+    whole_file = SpeechSegmenter(SileroVad(), params)
+    whole_file.push(audio)  # 31 s in one call
+    assert whole_file.statistics().buffer_capacity_samples <= 2 * bound
 
 
 def test_streams_sharing_the_model_keep_separate_recurrent_state():

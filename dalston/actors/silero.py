@@ -146,9 +146,9 @@ class _AudioBuffer:
     def _compact(self, needed: int) -> None:
         live = self._data[self._head : self._head + self.length]
         capacity = len(self._data)
-        if needed > capacity or capacity > max(4 * needed, self._initial):
+        if needed > capacity or capacity > max(3 * needed, self._initial):
             # Grow geometrically; give memory back after a long segment has gone.
-            capacity = max(2 * needed, self._initial)
+            capacity = max(needed + needed // 2, self._initial)
             data = np.zeros(capacity, dtype=np.float32)
             data[: self.length] = live
             self._data = data
@@ -179,13 +179,18 @@ class SpeechSegmenter:
 
     def push(self, samples: np.ndarray) -> list[SegmenterEvent]:
         """Add float32 mono 16 kHz audio; score every complete window."""
-        self._buffer.append(np.asarray(samples, dtype=np.float32).reshape(-1))
-        events: list[VadEvent] = []
-        while self._buffer.end - self.machine.samples_fed >= WINDOW_SAMPLES:
-            fed = self.machine.samples_fed
-            probability = self.vad.probability(self._buffer.view(fed, fed + WINDOW_SAMPLES))
-            events += self.machine.feed(probability)
-        return self._publish(events)
+        samples = np.asarray(samples, dtype=np.float32).reshape(-1)
+        out: list[SegmenterEvent] = []
+        # A second at a time, so pushing a whole file does not buffer all of it.
+        for offset in range(0, len(samples), SAMPLE_RATE):
+            self._buffer.append(samples[offset : offset + SAMPLE_RATE])
+            events: list[VadEvent] = []
+            while self._buffer.end - self.machine.samples_fed >= WINDOW_SAMPLES:
+                fed = self.machine.samples_fed
+                probability = self.vad.probability(self._buffer.view(fed, fed + WINDOW_SAMPLES))
+                events += self.machine.feed(probability)
+            out += self._publish(events)
+        return out
 
     def flush(self) -> list[SegmenterEvent]:
         """End speech in progress, including the trailing partial window, so no pushed audio is lost."""
