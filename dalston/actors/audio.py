@@ -86,9 +86,7 @@ class PcmDecoder:
         if self._finished:
             raise RuntimeError("PcmDecoder.decode() after finish()")
         if len(frame) > self.max_frame_bytes:
-            raise InvalidAudio(
-                f"audio frame of {len(frame)} bytes exceeds the limit of {self.max_frame_bytes} bytes"
-            )
+            raise InvalidAudio(f"audio frame of {len(frame)} bytes exceeds the limit of {self.max_frame_bytes} bytes")
         self._frames += 1
         self._bytes_in += len(frame)
         data = self._carry + frame if self._carry else frame

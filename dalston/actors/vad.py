@@ -54,9 +54,7 @@ class VadParams:
 
     def __post_init__(self) -> None:
         if not 0.0 < self.release <= self.threshold <= 1.0:
-            raise ValueError(
-                f"need 0 < release_threshold <= threshold <= 1, got {self.release}, {self.threshold}"
-            )
+            raise ValueError(f"need 0 < release_threshold <= threshold <= 1, got {self.release}, {self.threshold}")
         if self.min_speech_ms < 0 or self.min_silence_ms < 0 or self.speech_pad_ms < 0:
             raise ValueError("min_speech_ms, min_silence_ms and speech_pad_ms must be >= 0")
         if self.sample_rate <= 0 or self.window_samples <= 0:
