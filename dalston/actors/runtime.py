@@ -208,8 +208,9 @@ class ActorRef:
 
     async def stop(self, reason: ExitReason = SHUTDOWN, timeout_s: float = 5.0) -> ExitReason:
         """Ask the actor to stop after its current message; cancel it if it takes over `timeout_s`."""
-        if self._reason is not None:
-            return self._reason
+        if self._stopped.done():
+            return self._stopped.result()
+        # An actor already stopping (its on_stop running) is waited for too, under the same timeout.
         self._request_stop(reason)
         try:
             async with asyncio.timeout(timeout_s):
