@@ -4,7 +4,8 @@ Load with `pytest_plugins = ["tests.redis_server"]` in tests/conftest.py (or `fr
 - `redis_server` (session): one server in a temporary folder, no persistence, stopped after the run;
 - `redis_prefix`: a key prefix unique to the test, so tests never see each other's keys;
 - `redis_client`: an asyncio client (decode_responses=True) on that server, closed after the test;
-- `start_redis_server(folder)`: start another server, for tests that stop or restart one.
+- `start_redis_servers`: a function `(folder, port=None) -> RedisServer` starting further servers, for tests
+  that stop or restart one; all are stopped after the test.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import socket
 import subprocess
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -105,3 +106,17 @@ async def redis_client(redis_server: RedisServer) -> AsyncIterator[aioredis.Redi
     client = aioredis.Redis.from_url(redis_server.url, decode_responses=True)
     yield client
     await client.aclose()
+
+
+@pytest.fixture
+def start_redis_servers() -> Iterator[Callable[..., RedisServer]]:
+    started: list[RedisServer] = []
+
+    def start(folder: Path, port: int | None = None) -> RedisServer:
+        server = start_redis_server(folder, port)
+        started.append(server)
+        return server
+
+    yield start
+    for server in started:
+        server.stop()

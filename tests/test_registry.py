@@ -2,19 +2,31 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import asyncio
+import json
+from collections import Counter
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
+import redis.asyncio as aioredis
 from registry_harness import LIVENESS_TTL_S, Harness, assert_consistent, open_harness
 
+from dalston.supervisor.redis_registry import RedisRegistry
 from dalston.supervisor.registry import (
     NodeRegistry,
+    RegistryUnavailable,
     SessionExists,
     SessionInfo,
     SessionStatus,
     WorkerInfo,
+    WorkerRecord,
     WorkerStatus,
 )
+
+if TYPE_CHECKING:
+    from redis_server import RedisServer
 
 pytest_plugins = ["redis_server"]
 
@@ -266,3 +278,107 @@ async def test_registering_again_replaces_the_previous_run(registry: NodeRegistr
     assert await registry.release("s1") is False
     assert await counts(registry) == {"a": 0}
     await assert_consistent(registry, MODELS)
+
+
+# -- Redis only: the stored layout, real TTLs, two gateways at once, a restarted Redis ----------------------
+
+
+@pytest.fixture
+async def redis_registry(redis_client: aioredis.Redis, redis_prefix: str) -> RedisRegistry:
+    return RedisRegistry(redis_client, prefix=redis_prefix, ended_session_ttl_s=3600)
+
+
+async def test_redis_keys_follow_the_documented_layout(
+    redis_registry: RedisRegistry, redis_client: aioredis.Redis, redis_prefix: str
+) -> None:
+    await redis_registry.register(worker("a", 2, MODELS), liveness_ttl_s=10)
+    await redis_registry.acquire(session("s1"))
+    fields = await redis_client.hgetall(f"{redis_prefix}worker:a")
+    assert set(fields) == {"endpoint", "status", "capacity", "active_sessions", "models_loaded"} | {
+        "started_at",
+        "last_heartbeat",
+    }
+    assert json.loads(fields["models_loaded"]) == list(MODELS)
+    assert await redis_client.smembers(f"{redis_prefix}workers") == {"a"}
+    assert 0 < await redis_client.pttl(f"{redis_prefix}worker:a:alive") <= 10_000
+    assert await redis_client.smembers(f"{redis_prefix}worker:a:sessions") == {"s1"}
+    assert await redis_client.zscore(f"{redis_prefix}free:fast", "a") == 1
+    session_fields = await redis_client.hgetall(f"{redis_prefix}session:s1")
+    assert session_fields["status"] == "active" and session_fields["worker_id"] == "a"
+    assert await redis_client.ttl(f"{redis_prefix}session:s1") == -1  # active sessions do not expire
+
+
+async def test_ended_sessions_carry_a_redis_ttl(
+    redis_registry: RedisRegistry, redis_client: aioredis.Redis, redis_prefix: str
+) -> None:
+    await redis_registry.register(worker("a"), LIVENESS_TTL_S)
+    await redis_registry.acquire(session("s1"))
+    await redis_registry.release("s1")
+    assert 3500 < await redis_client.ttl(f"{redis_prefix}session:s1") <= 3600
+
+
+async def test_a_liveness_key_lapses_by_itself_when_heartbeats_stop(redis_registry: RedisRegistry) -> None:
+    await redis_registry.register(worker("a"), liveness_ttl_s=0.1)
+    for _ in range(200):  # Redis expires the key; wait for it, bounded
+        if not (await redis_registry.list_workers())[0].alive:
+            break
+        await asyncio.sleep(0.02)
+    assert await redis_registry.acquire(session("s1")) is None
+    assert await redis_registry.reap() == ["a"]
+
+
+async def test_two_gateways_acquiring_at_once_never_overfill_a_worker(
+    redis_server: RedisServer, redis_prefix: str
+) -> None:
+    gateways = [RedisRegistry(_pooled_client(redis_server.url), prefix=redis_prefix, owns_client=True) for _ in "ab"]
+    observer = gateways[0]
+    for n in range(10):
+        await observer.register(worker(f"w{n}", 3), LIVENESS_TTL_S)
+    overfilled: list[WorkerRecord] = []
+    done = asyncio.Event()
+
+    async def watch() -> None:
+        while not done.is_set():
+            overfilled.extend(w for w in await observer.list_workers() if w.active_sessions > w.capacity)
+            await asyncio.sleep(0)
+
+    watcher = asyncio.create_task(watch())
+    tries = [gateways[n % 2].acquire(session(f"s{n}")) for n in range(400)]
+    allocations = [a for a in await asyncio.gather(*tries) if a is not None]
+    done.set()
+    await watcher
+    assert len(allocations) == 30 and not overfilled
+    assert Counter(a.worker_id for a in allocations) == {f"w{n}": 3 for n in range(10)}
+    assert await counts(observer) == {f"w{n}": 3 for n in range(10)}
+    # Every session released twice, by both gateways at once: only one release of each counts.
+    releases = [g.release(a.session_id) for a in allocations for g in gateways]
+    assert sum(await asyncio.gather(*releases)) == 30
+    assert await counts(observer) == {f"w{n}": 0 for n in range(10)}
+    assert await observer.free_slots("fast") == {f"w{n}": 3 for n in range(10)}
+    await assert_consistent(observer, MODELS)
+    for gateway in gateways:
+        await gateway.close()
+
+
+def _pooled_client(url: str) -> aioredis.Redis:
+    pool = aioredis.BlockingConnectionPool.from_url(url, max_connections=4, decode_responses=True)
+    return aioredis.Redis(connection_pool=pool)
+
+
+async def test_workers_register_again_after_redis_restarts(
+    tmp_path: Path, start_redis_servers: Callable[..., RedisServer]
+) -> None:
+    server = start_redis_servers(tmp_path / "redis")
+    registry = RedisRegistry.from_url(server.url)
+    try:
+        await registry.register(worker("a"), LIVENESS_TTL_S)
+        server.stop()
+        with pytest.raises(RegistryUnavailable):
+            await registry.heartbeat("a", LIVENESS_TTL_S)
+        start_redis_servers(tmp_path / "redis", port=server.port)  # empty, like a restart without a save
+        assert await registry.heartbeat("a", LIVENESS_TTL_S) is False
+        await registry.register(worker("a"), LIVENESS_TTL_S)
+        allocation = await registry.acquire(session("s1"))
+        assert allocation is not None and allocation.worker_id == "a"
+    finally:
+        await registry.close()
