@@ -73,6 +73,10 @@ class DecoderOptions:
     min_rms: float = 0.002  # about -54 dBFS: below it nothing is said, whatever the VAD thought
     # Whisper's fallback to sampling on a failed greedy/beam pass; bounded to keep the worst final fast.
     final_temperatures: tuple[float, ...] = (0.0, 0.2, 0.4, 0.6)
+    # Token budget per decode, from the audio length: a loop over a tone ("beep beep ...") otherwise runs to
+    # Whisper's 448-token limit and costs seconds. Speech needs well under 10 tokens/s.
+    max_tokens_per_s: float = 16.0
+    min_max_tokens: int = 24
     guards: GuardOptions = field(default_factory=GuardOptions)
 
 
@@ -249,6 +253,11 @@ class WhisperDecoder:
             self._skipped += int(skipped)
             self._decode_s_total += decode_s
 
+    def _token_budget(self, duration_s: float) -> int:
+        # Half the 448-token context is left for the prompt, which faster-whisper trims to 223 tokens.
+        wanted = self.options.min_max_tokens + self.options.max_tokens_per_s * min(duration_s, 30.0)
+        return min(int(wanted), 220)
+
     def _transcribe(self, audio: np.ndarray, *, final: bool, word_timestamps: bool, language: str | None,
                     prompt: str | None) -> tuple[list[DecodedSegment], str]:
         guards = self.options.guards
@@ -260,7 +269,8 @@ class WhisperDecoder:
             condition_on_previous_text=False, initial_prompt=prompt or None,
             # Whisper's own skip uses the same test as is_made_up's first half, and spares a useless fallback.
             no_speech_threshold=guards.no_speech_threshold, log_prob_threshold=guards.log_prob_threshold,
-            compression_ratio_threshold=guards.compression_ratio_threshold)
+            compression_ratio_threshold=guards.compression_ratio_threshold,
+            max_new_tokens=self._token_budget(audio.size / SAMPLE_RATE))
         converted = [_convert(segment) for segment in segments]  # the generator runs the decode
         return converted, info.language
 

@@ -1,0 +1,221 @@
+"""The Whisper decoder: pure guards with hypothesis, then the real tiny.en model on real LibriVox speech."""
+
+from __future__ import annotations
+
+import wave
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from dalston.actors.decoder import (
+    SAMPLE_RATE,
+    DecodedSegment,
+    GuardOptions,
+    WhisperDecoder,
+    Word,
+    apply_guards,
+    clamp_segments,
+    collapse_repeats,
+    is_filler,
+    is_made_up,
+    repeat_kept_indices,
+)
+from dalston.actors.models import ModelCatalogue
+from dalston.wer import corpus_word_error_rate, word_error_rate, word_key
+
+CLIPS = sorted((Path(__file__).parent / "data" / "librivox").glob("*.wav"))
+GUARDS = GuardOptions()
+
+
+def segment(text: str, *, no_speech: float = 0.05, logprob: float = -0.3, ratio: float = 1.2,
+            start_s: float = 0.0, end_s: float = 1.0) -> DecodedSegment:
+    return DecodedSegment(start_s, end_s, text, logprob, no_speech, None, ratio)
+
+
+def has_run(keys: list[str], min_repeats: int, max_len: int) -> bool:
+    """Brute force: does any phrase of up to max_len keys occur min_repeats times in a row?"""
+    for length in range(1, max_len + 1):
+        for start in range(len(keys) - length * min_repeats + 1):
+            phrase = keys[start:start + length]
+            if all(keys[start + k * length:start + (k + 1) * length] == phrase for k in range(min_repeats)):
+                return True
+    return False
+
+
+# ---------------------------------------------------------------- guards (pure)
+
+TEXT = st.lists(st.sampled_from(["la", "La,", "beep", "no", "yes.", "thank", "you"]), max_size=24).map(" ".join)
+
+
+@given(TEXT)
+def test_collapsing_repeats_is_idempotent_and_never_lengthens(text: str) -> None:
+    once = collapse_repeats(text)
+    assert collapse_repeats(once) == once
+    assert len(once.split()) <= len(text.split())
+    assert not has_run([word_key(w) for w in once.split()], 3, 8)
+
+
+@given(st.lists(st.sampled_from("abc"), max_size=20), st.integers(2, 4), st.integers(1, 4))
+def test_kept_indices_are_an_ordered_subset_with_no_long_runs(keys: list[str], repeats: int, max_len: int) -> None:
+    kept = repeat_kept_indices(keys, repeats, max_len)
+    assert kept == sorted(set(kept))
+    assert all(0 <= i < len(keys) for i in kept)
+    assert not has_run([keys[i] for i in kept], repeats, max_len)
+
+
+def test_a_phrase_said_three_times_in_a_row_is_kept_once() -> None:
+    assert collapse_repeats("Beep beep beep beep beep") == "Beep"
+    assert collapse_repeats("I said thank you, thank you. Thank you!") == "I said thank you,"
+    assert collapse_repeats("no no, said he") == "no no, said he"
+
+
+def test_unlikely_segments_with_high_no_speech_probability_are_made_up() -> None:
+    assert is_made_up(segment("you", no_speech=0.9, logprob=-1.4), GUARDS)
+    assert is_made_up(segment("beep beep", no_speech=0.8, logprob=-0.1, ratio=9.0), GUARDS)
+    assert not is_made_up(segment("hello there", no_speech=0.9, logprob=-0.2), GUARDS)
+    assert not is_made_up(segment("mumbled words", no_speech=0.1, logprob=-1.8), GUARDS)
+
+
+def test_fillers_are_dropped_only_when_whisper_doubts_there_was_speech() -> None:
+    assert is_filler(segment("Thank you.", no_speech=0.5), GUARDS)
+    assert not is_filler(segment("Thank you.", no_speech=0.01), GUARDS)
+    assert not is_filler(segment("Thank you all.", no_speech=0.9), GUARDS)
+
+
+def test_guards_drop_made_up_segments_and_collapse_repeated_ones() -> None:
+    segments = [segment("hello"), segment("you", no_speech=0.95, logprob=-1.2), segment("same thing"),
+                segment("Same thing."), segment("same thing"), segment("...")]
+    assert [s.text for s in apply_guards(segments, GUARDS)] == ["hello", "same thing"]
+
+
+def test_collapsing_words_keeps_words_and_text_in_step() -> None:
+    words = tuple(Word(w, i * 0.2, i * 0.2 + 0.1, 0.9) for i, w in enumerate(["go", "go", "go", "now"]))
+    collapsed = apply_guards([DecodedSegment(0.0, 1.0, "go go go now", -0.2, 0.0, words)], GUARDS)[0]
+    assert collapsed.text == "go now"
+    assert [w.word for w in collapsed.words or ()] == ["go", "now"]
+
+
+TIMES = st.floats(-1.0, 12.0, allow_nan=False)
+
+
+@given(st.lists(st.tuples(TIMES, TIMES, st.lists(st.tuples(TIMES, TIMES), max_size=5)), max_size=5),
+       st.floats(0.0, 10.0))
+def test_clamped_segments_and_words_are_ordered_and_inside_their_bounds(raw, duration_s: float) -> None:
+    segments = [DecodedSegment(a, b, "x", -0.2, 0.0, tuple(Word("w", c, d, 1.0) for c, d in words))
+                for a, b, words in raw]
+    previous_end = 0.0
+    for seg in clamp_segments(segments, duration_s):
+        assert previous_end <= seg.start_s <= seg.end_s <= duration_s
+        floor = seg.start_s
+        for word in seg.words or ():
+            assert floor <= word.start_s <= word.end_s <= seg.end_s
+            floor = word.end_s
+        previous_end = seg.end_s
+
+
+# ---------------------------------------------------------------- the real model
+
+
+def read_clip(path: Path) -> np.ndarray:
+    with wave.open(str(path)) as wav:
+        assert wav.getframerate() == SAMPLE_RATE and wav.getnchannels() == 1
+        pcm = np.frombuffer(wav.readframes(wav.getnframes()), dtype=np.int16)
+    return pcm.astype(np.float32) / 32768.0
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory: pytest.TempPathFactory) -> WhisperDecoder:
+    catalogue = ModelCatalogue.default(cache_dir=tmp_path_factory.mktemp("models"))
+    decoder = WhisperDecoder(catalogue.resolve("fast"))
+    decoder.warm_up()
+    return decoder
+
+
+@pytest.mark.slow
+def test_tiny_en_transcribes_the_librivox_clips_with_little_word_error(tiny: WhisperDecoder) -> None:
+    pairs = []
+    for clip in CLIPS:
+        result = tiny.decode(read_clip(clip), final=True, word_timestamps=False, language=None, offset_s=0.0)
+        assert result.language == "en"
+        assert result.duration_s == pytest.approx(read_clip(clip).size / SAMPLE_RATE)
+        pairs.append((clip.with_suffix(".txt").read_text(), result.text))
+    assert corpus_word_error_rate(pairs) <= 0.15
+
+
+@pytest.mark.slow
+def test_final_words_are_ordered_and_inside_their_segment_and_the_audio(tiny: WhisperDecoder) -> None:
+    audio = read_clip(CLIPS[0])
+    offset_s = 12.5
+    result = tiny.decode(audio, final=True, word_timestamps=True, language="en", offset_s=offset_s)
+    assert result.segments
+    floor = offset_s
+    for seg in result.segments:
+        assert seg.words
+        assert floor <= seg.start_s <= seg.end_s <= offset_s + result.duration_s
+        for word in seg.words:
+            assert seg.start_s <= word.start_s <= word.end_s <= seg.end_s
+            assert 0.0 <= word.confidence <= 1.0
+            assert word.word == word.word.strip() and word.word
+            floor = word.end_s
+    spoken = " ".join(word.word for seg in result.segments for word in seg.words or ())
+    assert word_error_rate(result.text, spoken) == 0.0
+
+
+@pytest.mark.slow
+def test_the_offset_shifts_every_time_and_nothing_else(tiny: WhisperDecoder) -> None:
+    audio = read_clip(CLIPS[1])
+    at_zero = tiny.decode(audio, final=True, word_timestamps=True, language="en", offset_s=0.0)
+    later = tiny.decode(audio, final=True, word_timestamps=True, language="en", offset_s=100.0)
+    assert later.text == at_zero.text
+    for a, b in zip(at_zero.segments, later.segments, strict=True):
+        assert b.start_s == pytest.approx(a.start_s + 100.0)
+        assert b.end_s == pytest.approx(a.end_s + 100.0)
+        for wa, wb in zip(a.words or (), b.words or (), strict=True):
+            assert wb.start_s == pytest.approx(wa.start_s + 100.0)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("final", [True, False])
+def test_silence_and_a_pure_tone_give_no_text(tiny: WhisperDecoder, final: bool) -> None:
+    t = np.arange(3 * SAMPLE_RATE) / SAMPLE_RATE
+    for audio in (np.zeros(3 * SAMPLE_RATE, dtype=np.float32), (0.3 * np.sin(2 * np.pi * 440 * t)),
+                  np.zeros(0, dtype=np.float32)):
+        result = tiny.decode(audio.astype(np.float32), final=final, word_timestamps=final, language="en",
+                             offset_s=1.0)
+        assert result.text == ""
+        assert result.segments == ()
+
+
+@pytest.mark.slow
+def test_a_greedy_partial_decode_gives_the_words_without_timestamps(tiny: WhisperDecoder) -> None:
+    clip = CLIPS[2]
+    result = tiny.decode(read_clip(clip), final=False, word_timestamps=True, language=None, offset_s=3.0)
+    assert word_error_rate(clip.with_suffix(".txt").read_text(), result.text) <= 0.15
+    assert all(seg.words is None for seg in result.segments)
+    assert all(seg.start_s >= 3.0 for seg in result.segments)
+
+
+@pytest.mark.slow
+def test_decodes_from_several_threads_at_once_match_decodes_one_at_a_time(tiny: WhisperDecoder) -> None:
+    audios = [read_clip(clip) for clip in CLIPS[:3]]
+
+    def decode(audio: np.ndarray) -> str:
+        return tiny.decode(audio, final=False, word_timestamps=False, language="en", offset_s=0.0).text
+
+    alone = [decode(audio) for audio in audios]
+    with ThreadPoolExecutor(max_workers=3) as pool:
+        together = list(pool.map(decode, audios))
+    assert together == alone
+    assert tiny.statistics()["decodes"] >= 6
+
+
+@pytest.mark.slow
+def test_a_prompt_does_not_stop_the_clip_from_being_transcribed(tiny: WhisperDecoder) -> None:
+    clip = CLIPS[4]
+    result = tiny.decode(read_clip(clip), final=True, word_timestamps=False, language="en", offset_s=0.0,
+                         prompt="Sense and Sensibility, by Jane Austen.")
+    assert word_error_rate(clip.with_suffix(".txt").read_text(), result.text) <= 0.15
