@@ -25,6 +25,11 @@ class ErrorCode(StrEnum):
     UNAUTHORIZED = "unauthorized"
     TOO_MANY_SESSIONS = "too_many_sessions"
 
+    @classmethod
+    def lookup(cls, value: object) -> ErrorCode | None:
+        """The code named by `value`, or None (`x in ErrorCode` raises TypeError for strings on 3.11)."""
+        return cls._value2member_map_.get(value) if isinstance(value, str) else None  # type: ignore[return-value]
+
     @property
     def close_code(self) -> int | None:
         """The WebSocket close code that follows this error, or None where the session goes on."""

@@ -1,0 +1,107 @@
+"""What the `dalston` subcommands do (argument parsing lives in `cli.py`)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+import time
+from typing import Any
+
+import aiohttp
+
+from dalston.actors.audio import read_wav
+from dalston.config import Config
+from dalston.web.client import StreamClient
+
+
+async def run_server(command: str, config: Config) -> int:
+    from dalston.web.server import UnsafeBind, run_gateway, run_worker, serve
+
+    runner = {"serve": serve, "gateway": run_gateway, "worker": run_worker}[command]
+    try:
+        await runner(config)
+    except UnsafeBind as error:
+        print(f"dalston: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+async def stream(args: argparse.Namespace) -> int:
+    samples, rate = read_wav(args.file)
+    params: dict[str, Any] = {"sample_rate": rate, "model": args.model, "language": args.language,
+                              "word_timestamps": args.word_timestamps}
+    printer = _JsonPrinter() if args.json else _LivePrinter()
+    try:
+        async with StreamClient(args.url, api_key=args.api_key, **params) as client:
+            sender = asyncio.create_task(client.send_pcm(samples, speed=args.speed))
+            async for event in client.events():
+                printer.show(event)
+            sender.cancel()
+            await asyncio.gather(sender, return_exceptions=True)
+    except aiohttp.ClientError as error:
+        print(f"dalston: cannot stream to {args.url}: {error}", file=sys.stderr)
+        return 1
+    return printer.finish()
+
+
+class _JsonPrinter:
+    def __init__(self) -> None:
+        self.failed = False
+
+    def show(self, event: dict[str, Any]) -> None:
+        print(json.dumps(event), flush=True)
+        self.failed = self.failed or (event.get("type") == "error" and event.get("code") != "invalid_message")
+
+    def finish(self) -> int:
+        return 1 if self.failed else 0
+
+
+class _LivePrinter:
+    """Partials rewrite one line in place; finals are printed for good; the transcript comes at the end."""
+
+    def __init__(self) -> None:
+        self.failed = False
+        self._partial_shown = False
+        self._started = time.monotonic()
+        self._tty = sys.stdout.isatty()
+
+    def show(self, event: dict[str, Any]) -> None:
+        kind = event.get("type")
+        if kind == "transcript.partial" and self._tty:
+            self._clear()
+            text = event["text"][-100:]
+            sys.stdout.write(f"\x1b[2m… {text}\x1b[0m")
+            self._partial_shown = True
+        elif kind == "transcript.final":
+            self._clear()
+            print(f"[{event['start']:7.2f} - {event['end']:7.2f}] {event['text']}")
+        elif kind == "session.end":
+            self._clear()
+            print(f"\nTranscript ({event['total_duration']:.1f} s of audio):\n{event['transcript']}")
+        elif kind == "error":
+            self._clear()
+            print(f"error {event['code']}: {event['message']}", file=sys.stderr)
+            self.failed = self.failed or event.get("code") != "invalid_message"
+        sys.stdout.flush()
+
+    def _clear(self) -> None:
+        if self._partial_shown:
+            sys.stdout.write("\r\x1b[2K")
+            self._partial_shown = False
+
+    def finish(self) -> int:
+        return 1 if self.failed else 0
+
+
+async def tree(args: argparse.Namespace) -> int:
+    from dalston.inspect import show_trees
+
+    return await show_trees(url=args.url, redis_url=args.redis_url, as_json=args.json)
+
+
+async def workers(args: argparse.Namespace) -> int:
+    from dalston.inspect import show_workers
+
+    return await show_workers(redis_url=args.redis_url, as_json=args.json)

@@ -1,0 +1,256 @@
+"""WorkerNode: a supervision tree with a capacity limit that registers in the registry and heartbeats.
+
+The tree (DESIGN §4): root (one_for_one) -> one TranscriberActor per loaded model (permanent) -> the sessions
+supervisor (permanent; dynamic, temporary session children, at most `capacity`). The node refuses a spawn when
+it is full or draining, so a gateway's stale view of it never over-fills it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import socket
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import structlog
+
+from dalston.actors.models import ModelCatalogue
+from dalston.actors.protocol import End, ErrorCode, StreamParams
+from dalston.actors.runtime import ActorDead, ActorRef, spawn
+from dalston.actors.session import EventSink, SessionActor
+from dalston.actors.speech import decoder_factory, new_segmenter, session_limits
+from dalston.actors.transcriber import Decoder, TranscriberActor
+from dalston.config import Config
+from dalston.supervisor.registry import NodeRegistry, RegistryUnavailable, WorkerInfo, WorkerStatus
+from dalston.supervisor.spec import ChildSpec, Restart
+from dalston.supervisor.supervisor import (
+    CapacityReached,
+    SupervisorHandle,
+    start_supervisor,
+    supervisor_spec,
+)
+from dalston.supervisor.tree import TreeNode, snapshot
+
+log = structlog.get_logger(__name__)
+
+SESSIONS_ID = "sessions"
+
+
+class SpawnRefused(Exception):
+    """The node will not start this session; `code` is the client-facing error code."""
+
+    def __init__(self, code: ErrorCode, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+@dataclass(frozen=True)
+class NodeStatistics:
+    worker_id: str
+    status: str
+    capacity: int
+    active_sessions: int
+    models: tuple[str, ...]
+    unavailable_models: dict[str, str]
+    uptime_s: float
+
+
+def default_worker_id() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}"
+
+
+class WorkerNode:
+    def __init__(
+        self,
+        config: Config,
+        registry: NodeRegistry,
+        endpoint: str,
+        *,
+        catalogue: ModelCatalogue | None = None,
+        decoders: Mapping[str, Callable[[], Decoder]] | None = None,
+    ) -> None:
+        self.config = config
+        self.registry = registry
+        self.endpoint = endpoint
+        self.worker_id = config.node.worker_id or default_worker_id()
+        self.capacity = config.node.capacity
+        self._catalogue = catalogue or ModelCatalogue.from_config(config.models)
+        self._decoders = dict(decoders) if decoders is not None else None
+        self.models: tuple[str, ...] = ()
+        self.unavailable: dict[str, str] = {}
+        self.status = WorkerStatus.STOPPED
+        self._root: SupervisorHandle | None = None
+        self._heartbeat: asyncio.Task[None] | None = None
+        self._started_at = time.monotonic()
+        self._log = log.bind(worker_id=self.worker_id)
+
+    # -- lifecycle ----------------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Load the models, start the tree, register as ready and start heartbeating."""
+        factories = self._decoder_factories()
+        if not factories:
+            raise RuntimeError(f"no model could be loaded: {self.unavailable}")
+        children = [self._transcriber_spec(alias, factory) for alias, factory in factories.items()]
+        children.append(supervisor_spec(SESSIONS_ID, [], max_children=self.capacity, max_restarts=1000,
+                                        period_s=1.0))
+        self._root = await start_supervisor(children, name=f"node:{self.worker_id}", max_restarts=5, period_s=30)
+        self.models = tuple(factories)
+        await self._register()
+        self._heartbeat = asyncio.create_task(self._heartbeat_forever(), name=f"heartbeat:{self.worker_id}")
+        self._log.info("node.started", models=self.models, capacity=self.capacity, endpoint=self.endpoint)
+
+    def _decoder_factories(self) -> dict[str, Callable[[], Decoder]]:
+        if self._decoders is not None:
+            return self._decoders
+        factories: dict[str, Callable[[], Decoder]] = {}
+        available = self._catalogue.available()
+        for alias in self.config.node.models:
+            reason = available.get(alias, f"no model {alias!r} in the configuration")
+            if reason is None:
+                factories[alias] = decoder_factory(self._catalogue, alias)
+            else:
+                self.unavailable[alias] = reason
+                self._log.warning("node.model_unavailable", model=alias, reason=reason)
+        return factories
+
+    def _transcriber_spec(self, alias: str, factory: Callable[[], Decoder]) -> ChildSpec:
+        threads = self.config.transcriber.inference_threads
+
+        async def start(restarts: int) -> ActorRef:
+            return await spawn(TranscriberActor(alias, factory, threads), f"transcriber:{alias}", restarts=restarts)
+
+        return ChildSpec(f"transcriber:{alias}", start, Restart.PERMANENT, shutdown_s=10.0)
+
+    async def drain(self, timeout_s: float | None = None) -> None:
+        """Take no new sessions, let running ones finish (bounded), then deregister and stop the tree."""
+        timeout_s = self.config.node.drain_timeout_s if timeout_s is None else timeout_s
+        self.status = WorkerStatus.DRAINING
+        with contextlib.suppress(RegistryUnavailable):
+            await self.registry.set_status(self.worker_id, WorkerStatus.DRAINING)
+        self._log.info("node.draining", active_sessions=await self.active_sessions(), timeout_s=timeout_s)
+        if not await self._wait_for_no_sessions(timeout_s):
+            await self._end_running_sessions()
+        await self.stop()
+
+    async def _wait_for_no_sessions(self, timeout_s: float) -> bool:
+        deadline = time.monotonic() + timeout_s
+        while await self.active_sessions() > 0:
+            if time.monotonic() >= deadline:
+                return False
+            await asyncio.sleep(0.2)
+        return True
+
+    async def _end_running_sessions(self) -> None:
+        """Past the drain bound: end the sessions as a client's `end` would, so their speech is finalised."""
+        with contextlib.suppress(SpawnRefused):
+            for child in await SupervisorHandle(await self._child(SESSIONS_ID)).which_children():
+                if child.ref is not None:
+                    with contextlib.suppress(ActorDead):
+                        await child.ref.tell(End())
+        await self._wait_for_no_sessions(10.0)
+
+    async def stop(self) -> None:
+        """Stop at once: sessions still running end with the tree (their clients are told by the link)."""
+        if self._heartbeat is not None:
+            self._heartbeat.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._heartbeat
+            self._heartbeat = None
+        with contextlib.suppress(RegistryUnavailable):
+            await self.registry.deregister(self.worker_id)
+        if self._root is not None:
+            await self._root.stop()
+            self._root = None
+        self.status = WorkerStatus.STOPPED
+        self._log.info("node.stopped")
+
+    async def _register(self) -> None:
+        info = WorkerInfo(self.worker_id, self.endpoint, self.capacity, self.models)
+        await self.registry.register(info, self.config.node.liveness_ttl_s)
+        if self.status is WorkerStatus.DRAINING:
+            await self.registry.set_status(self.worker_id, WorkerStatus.DRAINING)
+        else:
+            self.status = WorkerStatus.READY
+
+    async def _heartbeat_forever(self) -> None:
+        interval = self.config.node.heartbeat_interval_s
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                if not await self.registry.heartbeat(self.worker_id, self.config.node.liveness_ttl_s):
+                    self._log.warning("node.reregistering", reason="the registry forgot this worker")
+                    await self._register()
+            except RegistryUnavailable as error:
+                self._log.warning("node.registry_unavailable", error=str(error))
+
+    # -- sessions -----------------------------------------------------------------------------------------
+
+    async def start_session(
+        self, session_id: str, params: StreamParams, sink: EventSink, client_ip: str = ""
+    ) -> ActorRef:
+        """Spawn a session actor as a temporary child of the sessions supervisor; `SpawnRefused` if not."""
+        if self.status is not WorkerStatus.READY:
+            raise SpawnRefused(ErrorCode.NO_CAPACITY, f"worker {self.worker_id} is {self.status}")
+        if params.model not in self.models:
+            raise SpawnRefused(ErrorCode.UNSUPPORTED_MODEL, f"model {params.model!r} is not loaded here")
+        language = self._model_language(params.model)
+        if language is not None and params.language not in ("auto", language):
+            raise SpawnRefused(ErrorCode.UNSUPPORTED_MODEL,
+                               f"model {params.model!r} only transcribes language {language!r}")
+        transcriber = await self._child(f"transcriber:{params.model}")
+        spec = self._session_spec(session_id, params, sink, transcriber, language)
+        try:
+            return await SupervisorHandle(await self._child(SESSIONS_ID)).start_child(spec)
+        except CapacityReached:
+            raise SpawnRefused(ErrorCode.NO_CAPACITY, f"worker {self.worker_id} is full") from None
+
+    def _session_spec(self, session_id: str, params: StreamParams, sink: EventSink, transcriber: ActorRef,
+                      language: str | None) -> ChildSpec:
+        config = self.config
+
+        async def start(restarts: int) -> ActorRef:
+            actor = SessionActor(session_id, params, transcriber=transcriber, segmenter=new_segmenter(config.vad),
+                                 sink=sink, limits=session_limits(config.session), model_language=language)
+            return await spawn(actor, f"session:{session_id}", mailbox_size=config.session.mailbox_size,
+                               restarts=restarts)
+
+        return ChildSpec(session_id, start, Restart.TEMPORARY, shutdown_s=5.0)
+
+    def _model_language(self, alias: str) -> str | None:
+        with contextlib.suppress(KeyError):
+            return self._catalogue.spec(alias).language
+        return None
+
+    async def _child(self, child_id: str) -> ActorRef:
+        if self._root is None:
+            raise SpawnRefused(ErrorCode.NO_CAPACITY, "worker is not running")
+        for child in await self._root.which_children():
+            if child.id == child_id and child.ref is not None and child.ref.alive:
+                return child.ref
+        raise SpawnRefused(ErrorCode.INTERNAL_ERROR, f"{child_id} is restarting; try again")
+
+    async def active_sessions(self) -> int:
+        if self._root is None:
+            return 0
+        with contextlib.suppress(SpawnRefused):
+            return (await SupervisorHandle(await self._child(SESSIONS_ID)).count_children()).active
+        return 0
+
+    # -- inspection ---------------------------------------------------------------------------------------
+
+    async def tree(self) -> TreeNode | None:
+        return None if self._root is None else await snapshot(self._root.ref)
+
+    async def statistics(self) -> NodeStatistics:
+        return NodeStatistics(self.worker_id, str(self.status), self.capacity, await self.active_sessions(),
+                              self.models, dict(self.unavailable), round(time.monotonic() - self._started_at, 1))
+
+    def describe(self) -> dict[str, Any]:
+        return {"worker_id": self.worker_id, "endpoint": self.endpoint, "capacity": self.capacity,
+                "models": list(self.models), "status": str(self.status)}

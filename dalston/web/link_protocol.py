@@ -1,0 +1,56 @@
+"""Messages of the gateway <-> worker link (one WebSocket per session).
+
+gateway -> worker: a `spawn` text frame first; then the client's audio as binary frames and its control
+messages as `{"type": "flush"}` / `{"type": "end"}`. worker -> gateway: `spawned` or `refused`, then every
+server event as the JSON the client gets. When the session stops, the worker closes the link with the close
+code the client's socket should get; a link that breaks without that close means the worker was lost.
+"""
+
+from __future__ import annotations
+
+import hmac
+from dataclasses import dataclass
+from typing import Any
+
+from dalston.actors.protocol import ErrorCode, StreamParams
+
+LINK_PATH = "/v1/link"
+TOKEN_HEADER = "Authorization"
+
+
+@dataclass(frozen=True)
+class Spawn:
+    session_id: str
+    params: StreamParams
+    client_ip: str = ""
+
+    def to_json(self) -> dict[str, Any]:
+        return {"type": "spawn", "session_id": self.session_id, "params": self.params.to_json(),
+                "client_ip": self.client_ip}
+
+    @classmethod
+    def from_json(cls, data: Any) -> Spawn:
+        if not isinstance(data, dict) or data.get("type") != "spawn" or not isinstance(data.get("session_id"), str):
+            raise ValueError("expected a spawn message")
+        params = data.get("params")
+        if not isinstance(params, dict):
+            raise ValueError("spawn message without params")
+        return cls(data["session_id"], StreamParams.from_json(params), str(data.get("client_ip", "")))
+
+
+@dataclass(frozen=True)
+class Refused:
+    code: ErrorCode
+    message: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {"type": "refused", "code": str(self.code), "message": self.message}
+
+
+def bearer(token: str) -> str:
+    return f"Bearer {token}"
+
+
+def token_matches(header: str | None, token: str) -> bool:
+    """Constant-time check of the link's shared token."""
+    return header is not None and hmac.compare_digest(header.encode(), bearer(token).encode())

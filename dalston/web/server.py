@@ -1,0 +1,126 @@
+"""Running the apps: a worker, a gateway, or both in one process with an in-process registry.
+
+Each runner starts its aiohttp site(s), waits for SIGINT/SIGTERM, then stops cleanly: a worker drains (no new
+sessions, running ones finish within the drain bound) and deregisters; a gateway closes its sockets.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import signal
+from collections.abc import AsyncIterator
+
+import structlog
+from aiohttp import web
+
+from dalston.config import Config
+from dalston.supervisor.memory_registry import MemoryRegistry
+from dalston.supervisor.node import WorkerNode
+from dalston.supervisor.reaper import Reaper
+from dalston.supervisor.redis_registry import RedisRegistry
+from dalston.supervisor.registry import NodeRegistry
+from dalston.web.gateway import create_gateway_app
+from dalston.web.worker import create_worker_app
+
+log = structlog.get_logger(__name__)
+
+
+class UnsafeBind(ValueError):
+    """Listening beyond loopback without API keys."""
+
+
+def check_bind(config: Config) -> None:
+    host = config.server.host
+    if config.server.api_keys:
+        return
+    with contextlib.suppress(ValueError):
+        if ipaddress.ip_address(host).is_loopback:
+            return
+    if host == "localhost":
+        return
+    raise UnsafeBind(f"refusing to listen on {host} without API keys; set server.api_keys or use 127.0.0.1")
+
+
+def open_registry(config: Config) -> NodeRegistry:
+    if config.registry.redis_url:
+        return RedisRegistry.from_url(config.registry.redis_url, prefix=config.registry.key_prefix,
+                                      ended_session_ttl_s=config.registry.ended_session_ttl_s)
+    return MemoryRegistry(ended_session_ttl_s=config.registry.ended_session_ttl_s)
+
+
+async def start_site(app: web.Application, host: str, port: int) -> tuple[web.AppRunner, int]:
+    runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=5.0)
+    await runner.setup()
+    site = web.TCPSite(runner, host, port)
+    await site.start()
+    bound = runner.addresses[0][1]
+    return runner, bound
+
+
+async def wait_for_signal() -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await stop.wait()
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+
+
+@contextlib.asynccontextmanager
+async def running_worker(config: Config, registry: NodeRegistry) -> AsyncIterator[WorkerNode]:
+    """A node and its link endpoint; drains on exit."""
+    node = WorkerNode(config, registry, endpoint="")
+    runner, port = await start_site(create_worker_app(node), config.node.host, config.node.port)
+    node.endpoint = f"ws://{config.node.host}:{port}"  # known once the port is bound (port 0 picks one)
+    try:
+        await node.start()
+        yield node
+    finally:
+        await node.drain()
+        await runner.cleanup()
+
+
+@contextlib.asynccontextmanager
+async def running_gateway(config: Config, registry: NodeRegistry) -> AsyncIterator[int]:
+    check_bind(config)
+    reaper = Reaper(registry, config.registry.reap_interval_s)
+    reaper.start()
+    runner, port = await start_site(create_gateway_app(config, registry), config.server.host, config.server.port)
+    log.info("gateway.listening", host=config.server.host, port=port)
+    try:
+        yield port
+    finally:
+        await runner.cleanup()
+        await reaper.stop()
+
+
+async def serve(config: Config) -> None:
+    """Everything in one process: gateway + one node + the in-process registry (no Redis)."""
+    registry = open_registry(config)
+    worker_config = config.replace("node", port=0)
+    async with running_worker(worker_config, registry), running_gateway(config, registry) as port:
+        print(f"dalston: listening on ws://{config.server.host}:{port}/v1/audio/transcriptions/stream", flush=True)
+        await wait_for_signal()
+        log.info("serve.stopping")
+    await registry.close()
+
+
+async def run_worker(config: Config) -> None:
+    registry = open_registry(config)
+    async with running_worker(config, registry) as node:
+        print(f"dalston: worker {node.worker_id} at {node.endpoint}", flush=True)
+        await wait_for_signal()
+    await registry.close()
+
+
+async def run_gateway(config: Config) -> None:
+    registry = open_registry(config)
+    async with running_gateway(config, registry) as port:
+        print(f"dalston: gateway on port {port}", flush=True)
+        await wait_for_signal()
+    await registry.close()

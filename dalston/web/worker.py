@@ -1,0 +1,156 @@
+"""The worker's aiohttp app: the link endpoint that spawns and drives session actors, health and tree.
+
+Per link: read `spawn`, start a session actor on the node (or answer `refused`), then relay the gateway's
+frames into the actor's mailbox (awaiting `tell`, so a slow session pushes back on the gateway through TCP)
+and the actor's events out. When the session stops the link is closed with the client's close code; when the
+gateway goes away first the session is stopped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import weakref
+from typing import Any
+
+import structlog
+from aiohttp import WSCloseCode, WSMsgType, web
+
+from dalston.actors.protocol import End, ErrorCode, ErrorOccurred, Flush, ProtocolError, ServerEvent, SessionEnded
+from dalston.actors.runtime import SHUTDOWN, ActorDead, ActorRef
+from dalston.actors.session import PushAudio
+from dalston.logs import bind_context
+from dalston.supervisor.node import SpawnRefused, WorkerNode
+from dalston.web.link_protocol import LINK_PATH, TOKEN_HEADER, Refused, Spawn, token_matches
+
+log = structlog.get_logger(__name__)
+
+NODE_KEY = web.AppKey("node", WorkerNode)
+SOCKETS_KEY = web.AppKey("sockets", weakref.WeakSet[web.WebSocketResponse])
+SPAWN_TIMEOUT_S = 10.0
+
+
+def create_worker_app(node: WorkerNode) -> web.Application:
+    app = web.Application()
+    app[NODE_KEY] = node
+    app[SOCKETS_KEY] = weakref.WeakSet()
+    app.router.add_get(LINK_PATH, link_handler)
+    app.router.add_get("/healthz", health_handler)
+    app.router.add_get("/v1/tree", tree_handler)
+    app.on_shutdown.append(_close_links)
+    return app
+
+
+async def _close_links(app: web.Application) -> None:
+    for ws in list(app[SOCKETS_KEY]):
+        await ws.close(code=WSCloseCode.GOING_AWAY, message=b"worker shutting down")
+
+
+async def health_handler(request: web.Request) -> web.Response:
+    node = request.app[NODE_KEY]
+    stats = await node.statistics()
+    return web.json_response({"status": stats.status, "worker_id": stats.worker_id, "capacity": stats.capacity,
+                              "active_sessions": stats.active_sessions, "models": list(stats.models),
+                              "unavailable_models": stats.unavailable_models})
+
+
+async def tree_handler(request: web.Request) -> web.Response:
+    node = request.app[NODE_KEY]
+    tree = await node.tree()
+    return web.json_response({"worker": node.describe(), "tree": tree.to_json() if tree else None})
+
+
+async def link_handler(request: web.Request) -> web.StreamResponse:
+    node = request.app[NODE_KEY]
+    if not token_matches(request.headers.get(TOKEN_HEADER), node.config.node.link_token):
+        raise web.HTTPUnauthorized(text="bad link token")
+    ws = web.WebSocketResponse(max_msg_size=8 * node.config.session.max_frame_bytes, heartbeat=10.0)
+    await ws.prepare(request)
+    request.app[SOCKETS_KEY].add(ws)
+    try:
+        spawn = Spawn.from_json(await ws.receive_json(timeout=SPAWN_TIMEOUT_S))
+    except (TimeoutError, ValueError, ProtocolError, TypeError) as error:
+        await ws.close(code=WSCloseCode.POLICY_VIOLATION, message=f"bad spawn: {error}"[:120].encode())
+        return ws
+    bind_context(session_id=spawn.session_id, worker_id=node.worker_id)
+    await _serve_session(node, ws, spawn)
+    return ws
+
+
+async def _serve_session(node: WorkerNode, ws: web.WebSocketResponse, spawn: Spawn) -> None:
+    link = _SessionLink(ws)
+    try:
+        ref = await node.start_session(spawn.session_id, spawn.params, link.send_event, spawn.client_ip)
+    except SpawnRefused as refusal:
+        await ws.send_json(Refused(refusal.code, refusal.message).to_json())
+        await ws.close()
+        return
+    await link.open({"type": "spawned", "worker_id": node.worker_id})
+    log.info("link.session_started", model=spawn.params.model)
+    watcher = asyncio.create_task(_close_when_stopped(ref, ws, link))
+    try:
+        await _relay_frames(ws, ref)
+    finally:
+        if ref.alive:  # the gateway went away first: nobody is left to hear this session
+            await ref.stop(SHUTDOWN)
+        await watcher
+    log.info("link.session_closed", close_code=ws.close_code)
+
+
+class _SessionLink:
+    """The session's event sink: each event goes out as the JSON text the client receives.
+
+    Events the session emits while starting (`session.begin`) wait until the `spawned` reply is out.
+    """
+
+    def __init__(self, ws: web.WebSocketResponse) -> None:
+        self.ws = ws
+        self.last_error: ErrorOccurred | None = None
+        self.ended = False
+        self._held: list[ServerEvent] | None = []
+
+    async def open(self, spawned: dict[str, Any]) -> None:
+        await self.ws.send_json(spawned)
+        held, self._held = self._held or [], None
+        for event in held:
+            await self.send_event(event)
+
+    async def send_event(self, event: ServerEvent) -> None:
+        if self._held is not None:
+            self._held.append(event)
+            return
+        if isinstance(event, ErrorOccurred):
+            self.last_error = event
+        self.ended = self.ended or isinstance(event, SessionEnded)
+        if self.ws.closed:
+            return  # the gateway is gone; the session is being stopped
+        with contextlib.suppress(ConnectionResetError):
+            await self.ws.send_str(json.dumps(event.to_json()))
+
+
+async def _relay_frames(ws: web.WebSocketResponse, ref: ActorRef) -> None:
+    async for msg in ws:
+        try:
+            if msg.type is WSMsgType.BINARY:
+                await ref.tell(PushAudio(msg.data))
+            elif msg.type is WSMsgType.TEXT:
+                await ref.tell(_control_message(msg.data))
+        except ActorDead:
+            return
+
+
+def _control_message(text: str) -> Any:
+    kind = json.loads(text).get("type")
+    return End() if kind == "end" else Flush()
+
+
+async def _close_when_stopped(ref: ActorRef, ws: web.WebSocketResponse, link: _SessionLink) -> None:
+    reason = await ref.wait_stopped()
+    if not link.ended and (link.last_error is None or link.last_error.code.close_code is None):
+        # Stopped without saying why (a crash, or the node shutting down): tell the client before closing.
+        code = ErrorCode.INTERNAL_ERROR if reason.abnormal else ErrorCode.WORKER_LOST
+        await link.send_event(ErrorOccurred(code, f"the session stopped: {reason}"))
+    error = link.last_error
+    close_code = error.code.close_code if error is not None and error.code.close_code is not None else 1000
+    await ws.close(code=close_code)
