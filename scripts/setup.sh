@@ -1,20 +1,28 @@
 #!/usr/bin/env bash
 # Creates .venv with every pinned dependency. Idempotent: a second run only checks.
-# Usage: scripts/setup.sh [--with-redis]   (--with-redis also installs Debian's redis-server, for the tests)
+# Usage: scripts/setup.sh [--for-tests]   (--for-tests also installs Debian's redis-server, chromium and
+#                                          chromium-driver, which the end-to-end and browser tests use)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-if [[ "${1:-}" == "--with-redis" ]] && ! command -v redis-server >/dev/null; then
-    if [[ $(id -u) -eq 0 ]]; then SUDO=""; else SUDO="sudo"; fi
-    $SUDO apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq redis-server >/dev/null
+if [[ "${1:-}" == "--for-tests" ]]; then
+    missing=()
+    command -v redis-server >/dev/null || missing+=(redis-server)
+    [[ -x /usr/bin/chromium ]] || missing+=(chromium)
+    [[ -x /usr/bin/chromedriver ]] || missing+=(chromium-driver)
+    if (( ${#missing[@]} )); then
+        if [[ $(id -u) -eq 0 ]]; then SUDO=""; else SUDO="sudo"; fi
+        echo "setup: installing ${missing[*]} with apt-get" >&2
+        $SUDO apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+    fi
 fi
 
 stamp=.venv/.dalston-installed
 if [[ ! -f $stamp || requirements.lock -nt $stamp || pyproject.toml -nt $stamp ]]; then
     python3 -m venv .venv
     .venv/bin/pip install -q --disable-pip-version-check -r requirements.lock
-    # silero-vad's metadata pulls torch; we only need its ONNX file, run on onnxruntime.
+    # silero-vad's metadata pulls torch; we only need its ONNX file, which onnxruntime runs.
     .venv/bin/pip install -q --disable-pip-version-check --no-deps silero-vad==6.2.3
     .venv/bin/pip install -q --disable-pip-version-check --no-deps -e .
     touch $stamp

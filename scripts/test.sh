@@ -2,6 +2,6 @@
 # Sets everything up (venv, pinned packages, redis-server) and runs ruff and the whole test suite.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-scripts/setup.sh --with-redis
+scripts/setup.sh --for-tests
 .venv/bin/ruff check .
 .venv/bin/python -m pytest -q -p no:cacheprovider "$@"
