@@ -86,6 +86,7 @@ class WorkerNode:
         self.status = WorkerStatus.STOPPED
         self._root: SupervisorHandle | None = None
         self._heartbeat: asyncio.Task[None] | None = None
+        self._releases: set[asyncio.Task[None]] = set()
         self._started_at = time.monotonic()
         self._log = log.bind(worker_id=self.worker_id)
 
@@ -162,11 +163,13 @@ class WorkerNode:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._heartbeat
             self._heartbeat = None
-        with contextlib.suppress(RegistryUnavailable):
-            await self.registry.deregister(self.worker_id)
         if self._root is not None:
             await self._root.stop()
             self._root = None
+        if self._releases:
+            await asyncio.gather(*self._releases, return_exceptions=True)
+        with contextlib.suppress(RegistryUnavailable):
+            await self.registry.deregister(self.worker_id)
         self.status = WorkerStatus.STOPPED
         self._log.info("node.stopped")
 
@@ -206,9 +209,26 @@ class WorkerNode:
         transcriber = await self._child(f"transcriber:{params.model}")
         spec = self._session_spec(session_id, params, sink, transcriber, language)
         try:
-            return await SupervisorHandle(await self._child(SESSIONS_ID)).start_child(spec)
+            ref = await SupervisorHandle(await self._child(SESSIONS_ID)).start_child(spec)
         except CapacityReached:
             raise SpawnRefused(ErrorCode.NO_CAPACITY, f"worker {self.worker_id} is full") from None
+        ref.monitor(lambda _ref, _reason: self._release_later(session_id))
+        return ref
+
+    def _release_later(self, session_id: str) -> None:
+        """Free the session's slot from this side too: a gateway that crashed never releases it.
+
+        Release is idempotent, so the gateway's own release afterwards is harmless.
+        """
+        task = asyncio.get_running_loop().create_task(self._release(session_id))
+        self._releases.add(task)
+        task.add_done_callback(self._releases.discard)
+
+    async def _release(self, session_id: str) -> None:
+        try:
+            await self.registry.release(session_id)
+        except RegistryUnavailable as error:
+            self._log.warning("node.release_failed", session_id=session_id, error=str(error))
 
     def _session_spec(self, session_id: str, params: StreamParams, sink: EventSink, transcriber: ActorRef,
                       language: str | None) -> ChildSpec:
