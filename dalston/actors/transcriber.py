@@ -114,6 +114,8 @@ class TranscriberActor(Actor):
         self._decoder: Decoder | None = None
         self._decodes = {"final": 0, "partial": 0, "failed": 0}
         self._decode_s_total = 0.0
+        self._decode_s_sum = dict.fromkeys(self._decodes, 0.0)  # per kind, for the worker's /metrics
+        self._queued_s_sum = dict.fromkeys(self._decodes, 0.0)
 
     async def on_start(self) -> None:
         self._pool = ThreadPoolExecutor(self._threads, thread_name_prefix=f"decode-{self.alias}")
@@ -153,7 +155,7 @@ class TranscriberActor(Actor):
             error = f"{type(exc).__name__}: {exc}"
             log.exception("transcriber.decode_failed", model=self.alias, session_id=request.session_id)
         finished = time.monotonic()
-        self._count(request, error, finished - started)
+        self._count(request, error, finished - started, started - request.submitted_at)
         answer = Decoded(request.session_id, request.utterance_id, request.request_id, request.final, result,
                          error, started - request.submitted_at, finished - started)
         try:
@@ -169,9 +171,12 @@ class TranscriberActor(Actor):
         return self._decoder.decode(request.audio, final=request.final, word_timestamps=request.word_timestamps,
                                     language=request.language, offset_s=request.offset_s)
 
-    def _count(self, request: DecodeRequest, error: str | None, decode_s: float) -> None:
-        self._decodes["failed" if error else "final" if request.final else "partial"] += 1
+    def _count(self, request: DecodeRequest, error: str | None, decode_s: float, queued_s: float) -> None:
+        kind = "failed" if error else "final" if request.final else "partial"
+        self._decodes[kind] += 1
         self._decode_s_total += decode_s
+        self._decode_s_sum[kind] += decode_s
+        self._queued_s_sum[kind] += queued_s
 
     async def on_stop(self, reason: ExitReason) -> None:
         for task in list(self._running):
@@ -193,4 +198,6 @@ class TranscriberActor(Actor):
             "partials_dropped": queue.partials_dropped,
             "decodes": dict(self._decodes),
             "mean_decode_s": round(self._decode_s_total / done, 4) if done else None,
+            "decode_s_sum": dict(self._decode_s_sum),
+            "queued_s_sum": dict(self._queued_s_sum),
         }

@@ -23,11 +23,13 @@ from dalston.actors.session import PushAudio
 from dalston.logs import bind_context
 from dalston.supervisor.node import SpawnRefused, WorkerNode
 from dalston.web.link_protocol import LINK_PATH, TOKEN_HEADER, Refused, Spawn, token_matches
+from dalston.web.worker_metrics import SessionProbe, WorkerMetrics
 
 log = structlog.get_logger(__name__)
 
 NODE_KEY = web.AppKey("node", WorkerNode)
 SOCKETS_KEY = web.AppKey("sockets", weakref.WeakSet[web.WebSocketResponse])
+METRICS_KEY = web.AppKey("metrics", WorkerMetrics)
 SPAWN_TIMEOUT_S = 10.0
 
 
@@ -35,9 +37,11 @@ def create_worker_app(node: WorkerNode) -> web.Application:
     app = web.Application()
     app[NODE_KEY] = node
     app[SOCKETS_KEY] = weakref.WeakSet()
+    app[METRICS_KEY] = WorkerMetrics(node)
     app.router.add_get(LINK_PATH, link_handler)
     app.router.add_get("/healthz", health_handler)
     app.router.add_get("/v1/tree", tree_handler)
+    app.router.add_get("/metrics", app[METRICS_KEY].handler)
     app.on_shutdown.append(_close_links)
     return app
 
@@ -74,23 +78,25 @@ async def link_handler(request: web.Request) -> web.StreamResponse:
         await ws.close(code=WSCloseCode.POLICY_VIOLATION, message=f"bad spawn: {error}"[:120].encode())
         return ws
     bind_context(session_id=spawn.session_id, worker_id=node.worker_id)
-    await _serve_session(node, ws, spawn)
+    await _serve_session(node, ws, spawn, request.app[METRICS_KEY])
     return ws
 
 
-async def _serve_session(node: WorkerNode, ws: web.WebSocketResponse, spawn: Spawn) -> None:
+async def _serve_session(node: WorkerNode, ws: web.WebSocketResponse, spawn: Spawn, metrics: WorkerMetrics) -> None:
     link = _SessionLink(ws)
+    probe = metrics.session_probe(spawn.params)
     try:
-        ref = await node.start_session(spawn.session_id, spawn.params, link.send_event, spawn.client_ip)
+        ref = await node.start_session(spawn.session_id, spawn.params, probe.wrap(link.send_event), spawn.client_ip)
     except SpawnRefused as refusal:
         await ws.send_json(Refused(refusal.code, refusal.message).to_json())
         await ws.close()
         return
+    metrics.session_started(spawn.params.model)
     await link.open({"type": "spawned", "worker_id": node.worker_id})
     log.info("link.session_started", model=spawn.params.model)
     watcher = asyncio.create_task(_close_when_stopped(ref, ws, link))
     try:
-        await _relay_frames(ws, ref)
+        await _relay_frames(ws, ref, probe)
     finally:
         if ref.alive:  # the gateway went away first: nobody is left to hear this session
             await ref.stop(SHUTDOWN)
@@ -129,10 +135,11 @@ class _SessionLink:
             await self.ws.send_str(json.dumps(event.to_json()))
 
 
-async def _relay_frames(ws: web.WebSocketResponse, ref: ActorRef) -> None:
+async def _relay_frames(ws: web.WebSocketResponse, ref: ActorRef, probe: SessionProbe) -> None:
     async for msg in ws:
         try:
             if msg.type is WSMsgType.BINARY:
+                probe.audio_received(len(msg.data))
                 await ref.tell(PushAudio(msg.data))
             elif msg.type is WSMsgType.TEXT:
                 await ref.tell(_control_message(msg.data))
