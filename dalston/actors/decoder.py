@@ -194,7 +194,7 @@ def join_text(segments: Sequence[DecodedSegment]) -> str:
 class WhisperDecoder:
     """One loaded faster-whisper model; `decode` may be called from many threads at once."""
 
-    def __init__(self, resolved: ResolvedModel, options: DecoderOptions | None = None) -> None:
+    def __init__(self, resolved: ResolvedModel, options: DecoderOptions | None = None, *, num_workers: int = 1) -> None:
         from faster_whisper import WhisperModel  # heavy import, paid only by processes that decode
 
         spec = resolved.spec
@@ -203,7 +203,8 @@ class WhisperDecoder:
         started = time.perf_counter()
         # A folder path, never a hub name: WhisperModel only downloads when given something else.
         self._model = WhisperModel(str(resolved.path), device=spec.device, compute_type=spec.compute_type,
-                                   cpu_threads=spec.cpu_threads, num_workers=1, local_files_only=True)
+                                   cpu_threads=spec.cpu_threads, num_workers=num_workers,
+                                   local_files_only=True)
         self.load_s = time.perf_counter() - started
         self._lock = threading.Lock()
         self._decodes = 0

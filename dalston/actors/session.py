@@ -297,6 +297,8 @@ class SessionActor(Actor):
                 WordTiming(w.word.strip(), round(w.start_s, 3), round(w.end_s, 3), round(w.confidence, 3))
                 for segment in result.segments for w in (segment.words or ())
             )
+        if self._language is None and result.language:
+            self._language = result.language  # detected once; later decodes skip detection (~0.6 s on base)
         self._assembler.add_final(text, start_s, end_s)
         await self._emit(FinalTranscribed(text, round(start_s, 3), round(end_s, 3), words, result.language))
 

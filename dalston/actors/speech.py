@@ -24,14 +24,16 @@ from dalston.config import SessionConfig, VadConfig
 log = structlog.get_logger(__name__)
 
 
-def decoder_factory(catalogue: ModelCatalogue, alias: str) -> Callable[[], WhisperDecoder]:
+def decoder_factory(catalogue: ModelCatalogue, alias: str, parallel_decodes: int = 2) -> Callable[[], WhisperDecoder]:
     """A loader for `TranscriberActor`: resolves the weights (sha256-checked), loads them, warms up.
 
     Runs in the transcriber's thread pool, so a restart reloads a fresh model without blocking the loop.
+    `parallel_decodes` should match the transcriber's `inference_threads`: CTranslate2 runs one decode per
+    worker at a time, and its workers share one copy of the weights.
     """
 
     def load() -> WhisperDecoder:
-        decoder = WhisperDecoder(catalogue.resolve(alias))
+        decoder = WhisperDecoder(catalogue.resolve(alias), num_workers=parallel_decodes)
         warm_up_s = decoder.warm_up()
         log.info("model.loaded", model=alias, load_s=round(decoder.load_s, 3), warm_up_s=round(warm_up_s, 3))
         return decoder

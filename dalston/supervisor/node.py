@@ -114,7 +114,7 @@ class WorkerNode:
         for alias in self.config.node.models:
             reason = available.get(alias, f"no model {alias!r} in the configuration")
             if reason is None:
-                factories[alias] = decoder_factory(self._catalogue, alias)
+                factories[alias] = decoder_factory(self._catalogue, alias, self.config.transcriber.inference_threads)
             else:
                 self.unavailable[alias] = reason
                 self._log.warning("node.model_unavailable", model=alias, reason=reason)
