@@ -52,16 +52,28 @@ class GatewayState:
     metrics: GatewayMetrics
     http: aiohttp.ClientSession | None = None
     sockets: weakref.WeakSet[web.WebSocketResponse] = field(default_factory=weakref.WeakSet)
-    _models: tuple[float, frozenset[str]] = (0.0, frozenset())
+    _models: tuple[float, frozenset[str], frozenset[str]] = (0.0, frozenset(), frozenset())
 
     async def known_models(self) -> frozenset[str]:
-        """Models some live ready worker has loaded (cached briefly: this reads every worker)."""
-        fetched_at, models = self._models
-        if time.monotonic() - fetched_at > MODELS_CACHE_S:
+        """Models some registered worker has loaded, draining or lapsed ones included (cached briefly).
+
+        A model whose workers are all draining or briefly silent is still served: its clients get
+        `no_capacity` (try again), not `unsupported_model`.
+        """
+        return (await self._read_models())[0]
+
+    async def ready_models(self) -> frozenset[str]:
+        """Models some live, ready worker has loaded: what a new session can be placed on now."""
+        return (await self._read_models())[1]
+
+    async def _read_models(self) -> tuple[frozenset[str], frozenset[str]]:
+        fetched_at, known, ready = self._models
+        if time.monotonic() - fetched_at > MODELS_CACHE_S:  # this reads every worker: not once per session
             workers = await self.registry.list_workers()
-            models = frozenset(m for w in workers if w.alive and w.status is WorkerStatus.READY for m in w.models)
-            self._models = (time.monotonic(), models)
-        return models
+            known = frozenset(m for w in workers for m in w.models)
+            ready = frozenset(m for w in workers if w.alive and w.status is WorkerStatus.READY for m in w.models)
+            self._models = (time.monotonic(), known, ready)
+        return known, ready
 
 
 STATE_KEY = web.AppKey("gateway", GatewayState)
@@ -100,7 +112,7 @@ async def health_handler(request: web.Request) -> web.Response:
 async def ready_handler(request: web.Request) -> web.Response:
     state = request.app[STATE_KEY]
     try:
-        models = await state.known_models()
+        models = await state.ready_models()
     except Exception as error:  # the registry is unreachable: not ready, and say why
         return web.json_response({"status": "unavailable", "reason": str(error)}, status=503)
     status = 200 if models else 503
