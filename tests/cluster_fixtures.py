@@ -116,8 +116,8 @@ class ProcessGroup:
     """Starts `dalston` commands for one test and stops them all afterwards."""
 
     folder: Path
-    redis_url: str
-    key_prefix: str
+    redis_url: str = ""  # `dalston serve` needs none
+    key_prefix: str = "dalston:test:"
     env: dict[str, str] = field(default_factory=dict)
     started: list[DalstonProcess] = field(default_factory=list)
 
