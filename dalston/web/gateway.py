@@ -36,6 +36,7 @@ from dalston.supervisor.router import SessionRouter
 from dalston.web.auth import ApiKeys
 from dalston.web.link import LINK_LOST, LinkRefused, RemoteSessionRef, open_link
 from dalston.web.metrics import GatewayMetrics
+from dalston.web.page import add_page_routes
 
 log = structlog.get_logger(__name__)
 
@@ -88,6 +89,7 @@ def create_gateway_app(config: Config, registry: NodeRegistry) -> web.Applicatio
     app.router.add_get("/healthz", health_handler)
     app.router.add_get("/readyz", ready_handler)
     app.router.add_get("/metrics", state.metrics.handler)
+    add_page_routes(app)
     app.cleanup_ctx.append(_http_client)
     app.on_shutdown.append(_close_sockets)
     return app

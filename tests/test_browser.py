@@ -1,0 +1,97 @@
+"""The live-captions page in a real headless Chromium against a real `dalston serve` (DESIGN §1: a browser
+client). The browser's fake microphone plays a LibriVox clip, so the whole path runs: getUserMedia, the
+AudioWorklet's 16 kHz PCM, the WebSocket, the real tiny.en model, and the captions on the page.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+import pytest
+from selenium.common.exceptions import TimeoutException
+from selenium.webdriver.common.by import By
+from selenium.webdriver.remote.webdriver import WebDriver
+from selenium.webdriver.support.ui import WebDriverWait
+
+if TYPE_CHECKING:  # imported by pytest_plugins below; importing it first would stop pytest rewriting its asserts
+    from browser_fixtures import DalstonServer
+
+pytest_plugins = ["browser_fixtures"]
+pytestmark = [pytest.mark.slow, pytest.mark.browser]
+
+WAIT_S = 60.0
+# Words of the clip ("and mister john dashwood had then leisure to consider how much there might be
+# prudently in his power to do for them") that a model would not produce by chance.
+DISTINCTIVE_WORDS = frozenset({"dashwood", "leisure", "consider", "prudently", "power"})
+ENOUGH_WORDS = 3
+
+
+def words_of(text: str) -> set[str]:
+    return set(re.sub(r"[^a-z' ]+", " ", text.lower()).split())
+
+
+def caption_text(driver: WebDriver) -> str:
+    return " ".join(e.text for e in driver.find_elements(By.CSS_SELECTOR, "#finals .text"))
+
+
+def wait_for(driver: WebDriver, server: DalstonServer, what: str, condition: Callable[[WebDriver], object]) -> None:
+    """Wait (bounded) until `condition` holds; on a timeout, fail with what the page and the server showed."""
+    try:
+        WebDriverWait(driver, WAIT_S, poll_frequency=0.25).until(condition)
+    except TimeoutException:
+        page = {name: driver.find_element(By.ID, name).text for name in ("status", "error", "finals", "partial")}
+        console = [entry["message"] for entry in driver.get_log("browser")]
+        pytest.fail(f"timed out waiting for {what}\npage: {page}\nconsole: {console}\nserver:\n{server.log_tail()}")
+
+
+def open_page(driver: WebDriver, server: DalstonServer, query: str = "") -> None:
+    driver.get(server.page_url + query)
+    assert driver.find_element(By.ID, "start").is_enabled()
+    assert not driver.find_element(By.ID, "stop").is_enabled()
+
+
+# At 16 kHz the browser resamples the microphone; at 44.1 kHz the page's worklet does (a fractional ratio).
+@pytest.mark.parametrize("context_rate", ["16000", "44100"])
+def test_speech_into_the_microphone_appears_as_captions_and_stop_shows_the_transcript(
+    browser: WebDriver, dalston_server: DalstonServer, context_rate: str
+) -> None:
+    open_page(browser, dalston_server, "" if context_rate == "16000" else f"?context_rate={context_rate}")
+    browser.find_element(By.ID, "start").click()
+    wait_for(browser, dalston_server, "captions with the clip's words",
+             lambda d: len(words_of(caption_text(d)) & DISTINCTIVE_WORDS) >= ENOUGH_WORDS)
+
+    browser.find_element(By.ID, "stop").click()
+    wait_for(browser, dalston_server, "the session to end",
+             lambda d: d.find_element(By.ID, "status").get_attribute("data-state") == "ended")
+    transcript = browser.find_element(By.ID, "transcript").text
+    assert len(words_of(transcript) & DISTINCTIVE_WORDS) >= ENOUGH_WORDS, transcript
+    assert not browser.find_element(By.ID, "error").is_displayed()
+    assert browser.find_element(By.ID, "start").is_enabled()
+    assert browser.find_element(By.ID, "status").get_attribute("data-context-rate") == context_rate
+
+
+def test_a_server_that_requires_a_key_shows_unauthorized_when_the_page_gives_none(
+    browser: WebDriver, dalston_server_with_keys: DalstonServer
+) -> None:
+    open_page(browser, dalston_server_with_keys)
+    browser.find_element(By.ID, "start").click()
+    wait_for(browser, dalston_server_with_keys, "the error to show",
+             lambda d: "unauthorized" in d.find_element(By.ID, "error").text)
+    assert browser.find_element(By.ID, "error").is_displayed()
+    assert browser.find_element(By.ID, "start").is_enabled()
+
+
+def test_the_key_typed_on_the_page_lets_the_session_in(
+    browser: WebDriver, dalston_server_with_keys: DalstonServer
+) -> None:
+    open_page(browser, dalston_server_with_keys)
+    browser.find_element(By.ID, "api-key").send_keys("k1")
+    browser.find_element(By.ID, "start").click()
+    wait_for(browser, dalston_server_with_keys, "the session to begin",
+             lambda d: d.find_element(By.ID, "status").get_attribute("data-state") == "listening")
+    browser.find_element(By.ID, "stop").click()
+    wait_for(browser, dalston_server_with_keys, "the session to end",
+             lambda d: d.find_element(By.ID, "status").get_attribute("data-state") == "ended")
+    assert not browser.find_element(By.ID, "error").is_displayed()
