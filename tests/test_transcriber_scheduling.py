@@ -144,3 +144,53 @@ def test_the_queue_serves_every_final_before_any_partial_and_at_most_one_partial
     for r in partials:  # the partial served is the newest one that session submitted
         newest = max(n for n, (s, _, final) in enumerate(submissions) if f"s{s}" == r.session_id and not final)
         assert r.request_id == newest
+
+
+class StartRecordingDecoder(GatedDecoder):
+    """Records each decode as it starts, then waits for the gate."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.started: list[tuple[str, bool]] = []
+
+    def decode(self, audio: np.ndarray, *, final: bool, **options: Any) -> str:
+        self.started.append((f"s{audio[0]:.0f}", final))
+        self.gate.wait(5)
+        return "text"
+
+
+async def test_partials_leave_a_thread_for_finals_and_a_session_runs_one_partial_at_a_time() -> None:
+    decoder = StartRecordingDecoder()
+    inbox = Inbox()
+    inbox_ref = await spawn(inbox, "inbox")
+    transcriber = await spawn(TranscriberActor("fake", lambda: decoder, inference_threads=2), "transcriber")
+    await transcriber.tell(request(inbox_ref, 1, 1, 1, final=False))  # runs
+    await transcriber.tell(request(inbox_ref, 1, 1, 2, final=False))  # waits: session 1 has a partial running
+    await transcriber.tell(request(inbox_ref, 2, 1, 1, final=False))  # waits: the other thread is for finals
+    await asyncio.sleep(0.05)
+    await transcriber.tell(request(inbox_ref, 3, 1, 1, final=True))  # starts at once on the free thread
+    await asyncio.sleep(0.05)
+    assert decoder.started == [("s1", False), ("s3", True)]
+    decoder.gate.set()
+    await wait_for_answers(inbox, 4)
+    assert sorted(decoder.started[2:]) == [("s1", False), ("s2", False)]
+    await transcriber.stop()
+    await inbox_ref.stop()
+
+
+@given(st.lists(st.tuples(st.integers(0, 3), st.booleans()), max_size=30), st.sets(st.integers(0, 3)),
+       st.booleans())
+def test_the_queue_skips_busy_sessions_and_holds_partials_when_told(
+    submissions: list[tuple[int, bool]], busy: set[int], allow_partials: bool,
+) -> None:
+    queue: DecodeQueue[Req] = DecodeQueue()
+    for n, (session, final) in enumerate(submissions):
+        queue.submit(Req(f"s{session}", 1, n, final))
+    busy_sessions = {f"s{s}" for s in busy}
+    served = []
+    while (item := queue.next(allow_partials=allow_partials, busy_sessions=busy_sessions)) is not None:
+        served.append(item)
+    assert all(r.final or (allow_partials and r.session_id not in busy_sessions) for r in served)
+    assert len(served) + len(queue) == len(submissions) - queue.statistics().partials_replaced
+    waiting = {s for s, final in submissions if not final}
+    assert len(queue) == (len(waiting) if not allow_partials else len(waiting & busy))

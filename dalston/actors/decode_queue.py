@@ -3,11 +3,13 @@
 Finals are served first-come first-served, so no final ever waits behind a partial. A session has at most one
 partial queued: a newer request replaces the older one, and partials of an utterance that has ended are dropped.
 Among partials, the one waiting longest goes first, so under load every session's interim text thins out evenly.
+The caller says whether a partial may start at all and which sessions already have one running.
 """
 
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Container
 from dataclasses import dataclass
 from typing import Generic, Protocol, TypeVar
 
@@ -54,12 +56,15 @@ class DecodeQueue(Generic[R]):
             self._replaced += 1  # assigning an existing key keeps its place in line
         self._partials[request.session_id] = request
 
-    def next(self) -> R | None:
+    def next(self, *, allow_partials: bool = True, busy_sessions: Container[str] = ()) -> R | None:
+        """The next request to run: a final if any; else, when `allow_partials`, the longest-waiting partial
+        of a session not in `busy_sessions` (those already have a partial running: a second would be stale)."""
         if self._finals:
             return self._finals.popleft()
-        if self._partials:
-            session_id = next(iter(self._partials))
-            return self._partials.pop(session_id)
+        if allow_partials:
+            for session_id in self._partials:
+                if session_id not in busy_sessions:
+                    return self._partials.pop(session_id)
         return None
 
     def utterance_ended(self, session_id: str, utterance_id: int) -> None:

@@ -110,6 +110,10 @@ class TranscriberActor(Actor):
         self._threads = inference_threads
         self._queue: DecodeQueue[DecodeRequest] = DecodeQueue()
         self._running: set[asyncio.Task[None]] = set()
+        # Sessions with a partial decode running. Partials get at most threads - 1 threads, so a final never
+        # waits for a whole partial decode to finish before it can start.
+        self._partial_sessions: set[str] = set()
+        self._max_partials = max(1, inference_threads - 1)
         self._pool: ThreadPoolExecutor | None = None
         self._decoder: Decoder | None = None
         self._decodes = {"final": 0, "partial": 0, "failed": 0}
@@ -139,9 +143,12 @@ class TranscriberActor(Actor):
 
     def _dispatch(self) -> None:
         while len(self._running) < self._threads:
-            request = self._queue.next()
+            request = self._queue.next(allow_partials=len(self._partial_sessions) < self._max_partials,
+                                       busy_sessions=self._partial_sessions)
             if request is None:
                 return
+            if not request.final:
+                self._partial_sessions.add(request.session_id)
             task = asyncio.create_task(self._decode(request), name=f"decode:{request.session_id}")
             self._running.add(task)
 
@@ -163,6 +170,8 @@ class TranscriberActor(Actor):
                 await request.reply_to.tell(answer)
         finally:
             self._running.discard(asyncio.current_task())  # type: ignore[arg-type]
+            if not request.final:
+                self._partial_sessions.discard(request.session_id)
             with contextlib.suppress(ActorDead):
                 self.ref.send_system(_DecodeFinished())  # wake the dispatcher: a thread is free
 
