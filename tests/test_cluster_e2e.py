@@ -63,6 +63,10 @@ async def worker_of(registry: RedisRegistry, session_id: str) -> str:
     return record.worker_id
 
 
+async def chunks_sent(stream: StreamClient, count: int) -> bool:
+    return len(stream.sent_at) >= count
+
+
 async def start_cluster(group: ProcessGroup, *capacities: int) -> tuple[DalstonProcess, list[DalstonProcess]]:
     workers = [group.start_worker(f"w{i}", capacity=c) for i, c in enumerate(capacities, start=1)]
     gateway = group.start_gateway()
@@ -113,7 +117,7 @@ async def test_a_killed_worker_loses_only_its_own_session_and_is_reaped(
         victim = next(w for w in workers if w.worker_id == victim_id)
         doomed_task = asyncio.create_task(stream_to_end(doomed, doomed_clip.samples, speed=1.0))
         surviving_task = asyncio.create_task(stream_to_end(surviving, surviving_clip.samples))
-        await poll_until(lambda: asyncio.sleep(0, len(doomed.sent_at) >= 10), "a second of audio was sent")
+        await poll_until(lambda: chunks_sent(doomed, 10), "a second of audio was sent")
         victim.kill()
         doomed_events, surviving_events = await asyncio.gather(doomed_task, surviving_task)
 
@@ -161,11 +165,11 @@ async def test_a_worker_drains_on_sigterm_then_deregisters_and_exits_cleanly(
 ) -> None:
     gateway, (worker,) = await start_cluster(dalston_processes, 2)
     clip = load_clip("0890")
+    half = len(clip.samples) // 2
     async with StreamClient(gateway.stream_url) as running:
         await begin(running)
-        sending = asyncio.create_task(stream_to_end(running, clip.samples, speed=2.0))
-        await poll_until(lambda: asyncio.sleep(0, len(running.sent_at) >= 5), "half a second of audio was sent")
-        worker.signal(signal.SIGTERM)
+        await running.send_pcm(clip.samples[:half], speed=3.0, end=False)
+        worker.signal(signal.SIGTERM)  # the session is still open: it has not sent `end` yet
 
         async def draining() -> bool:
             record = (await workers_by_id(cluster_registry)).get("w1")
@@ -176,7 +180,7 @@ async def test_a_worker_drains_on_sigterm_then_deregisters_and_exits_cleanly(
         # A free slot remains (capacity 2), but a draining worker takes no new session; the model is still
         # served (the client may retry), so the answer is no_capacity rather than unsupported_model.
         assert await rejected(gateway.stream_url) == (["no_capacity"], 1013)
-        events = await sending
+        events = await stream_to_end(running, clip.samples[half:])
 
     assert_transcribed(events, clip.transcript)
     assert await worker.wait_exit() == 0
