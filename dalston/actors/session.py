@@ -150,7 +150,8 @@ class SessionActor(Actor):
 
     async def _on_audio(self, data: bytes) -> None:
         if self._ending:
-            await self._emit(ErrorOccurred(ErrorCode.INVALID_MESSAGE, "audio after 'end' is not transcribed"))
+            await self._emit(ErrorOccurred(ErrorCode.INVALID_MESSAGE,
+                                           "the session is ending: audio after 'end' or a timeout is not transcribed"))
             return
         try:
             samples = self._pcm.decode(data)
@@ -184,7 +185,10 @@ class SessionActor(Actor):
             await self._timeout(f"no audio for {self.limits.idle_timeout_s:g} s")
 
     async def _timeout(self, why: str) -> None:
+        # Said at once, before the buffered speech is finalised: audio the client sends meanwhile is refused,
+        # and the client must know why before it reads that refusal.
         self.last_error = ErrorOccurred(ErrorCode.SESSION_TIMEOUT, why)
+        await self._emit(self.last_error)
         await self._begin_ending()
 
     async def _fail(self, code: ErrorCode, message: str) -> None:
@@ -306,8 +310,6 @@ class SessionActor(Actor):
         if not self._ending or self._ended or len(self._finals):
             return
         self._ended = True
-        if self.last_error is not None:
-            await self._emit(self.last_error)
         total = round(self._segmenter.samples_seen / SAMPLE_RATE, 3)
         await self._emit(SessionEnded(self.session_id, total, self._assembler.transcript))
         self.stop_self(NORMAL)
