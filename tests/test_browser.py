@@ -9,6 +9,7 @@ import re
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+import numpy as np
 import pytest
 from selenium.common.exceptions import TimeoutException
 from selenium.webdriver.common.by import By
@@ -44,6 +45,38 @@ def wait_for(driver: WebDriver, server: DalstonServer, what: str, condition: Cal
         page = {name: driver.find_element(By.ID, name).text for name in ("status", "error", "finals", "partial")}
         console = [entry["message"] for entry in driver.get_log("browser")]
         pytest.fail(f"timed out waiting for {what}\npage: {page}\nconsole: {console}\nserver:\n{server.log_tail()}")
+
+
+# Renders a tone offline through the page's worklet and returns the 16 kHz PCM it posted.
+ENCODE_TONE_JS = """
+const [rate, frequency, done] = arguments;
+(async () => {
+  const context = new OfflineAudioContext(1, rate, rate);
+  await context.audioWorklet.addModule("/static/pcm-worklet.js");
+  const tone = new OscillatorNode(context, {frequency});
+  const encoder = new AudioWorkletNode(context, "pcm-encoder",
+    {numberOfOutputs: 0, processorOptions: {targetRate: 16000, frameMs: 100}});
+  tone.connect(new GainNode(context, {gain: 0.5})).connect(encoder);
+  tone.start();
+  const samples = [];
+  const flushed = new Promise((resolve) => {
+    encoder.port.onmessage = (e) => e.data === "flushed" ? resolve() : samples.push(...new Int16Array(e.data));
+  });
+  await context.startRendering();
+  encoder.port.postMessage("flush");
+  await flushed;
+  done(samples);
+})().catch((error) => done(String(error)));
+"""
+
+
+def tone_level_db(driver: WebDriver, rate: int, frequency_hz: float) -> float:
+    """The level of one second of a half-scale tone after the worklet, relative to the tone's own level."""
+    samples = driver.execute_async_script(ENCODE_TONE_JS, rate, frequency_hz)
+    assert isinstance(samples, list), samples
+    assert abs(len(samples) - 16000) <= 128  # one second in, one second out (less the kernel's delay)
+    steady = np.asarray(samples[1600:-1600], dtype=np.float64) / 32768
+    return 20 * np.log10(max(np.sqrt(np.mean(steady**2)), 1e-9) / (0.5 / np.sqrt(2)))
 
 
 def open_page(driver: WebDriver, server: DalstonServer, query: str = "") -> None:
@@ -95,3 +128,15 @@ def test_the_key_typed_on_the_page_lets_the_session_in(
     wait_for(browser, dalston_server_with_keys, "the session to end",
              lambda d: d.find_element(By.ID, "status").get_attribute("data-state") == "ended")
     assert not browser.find_element(By.ID, "error").is_displayed()
+
+
+@pytest.mark.parametrize("rate", [44100, 48000])
+def test_the_worklet_keeps_speech_frequencies_and_removes_those_that_would_alias(
+    browser: WebDriver, dalston_server: DalstonServer, rate: int
+) -> None:
+    open_page(browser, dalston_server)
+    browser.set_script_timeout(WAIT_S)
+    for frequency_hz in (300, 1000, 4000):
+        assert abs(tone_level_db(browser, rate, frequency_hz)) < 0.5
+    for frequency_hz in (9000, 12000, 15000):  # 16 kHz sampling would fold these onto 7, 4 and 1 kHz
+        assert tone_level_db(browser, rate, frequency_hz) < -60

@@ -5,8 +5,9 @@
 // cutoff sits just below the output Nyquist so nothing above 8 kHz folds back into the speech band
 // (picking every third sample of 48 kHz audio would alias it).
 
-const ZERO_CROSSINGS = 8; // each side of the kernel: wider is sharper and costs more
-const CUTOFF = 0.92; // fraction of the output Nyquist kept
+const ZERO_CROSSINGS = 16; // each side of the kernel: wider is a sharper cutoff and costs more
+const CUTOFF = 0.9; // fraction of the output Nyquist kept
+const TABLE_STEPS = 256; // kernel table entries per input sample (interpolated between)
 
 class SincResampler {
   constructor(inputRate, outputRate) {
@@ -14,6 +15,7 @@ class SincResampler {
     this.passthrough = inputRate === outputRate;
     this.cutoff = Math.min(1, outputRate / inputRate) * CUTOFF; // in cycles per 2 input samples
     this.halfWidth = Math.ceil(ZERO_CROSSINGS / this.cutoff); // in input samples
+    this.table = kernelTable(this.cutoff, this.halfWidth);
     this.buffer = new Float32Array(4096);
     this.length = 0; // samples held in buffer
     this.position = this.halfWidth; // next output instant, in input samples from buffer[0]
@@ -54,20 +56,30 @@ class SincResampler {
   sampleAt(t) {
     const first = Math.ceil(t - this.halfWidth);
     const last = Math.floor(t + this.halfWidth);
+    const table = this.table;
     let sum = 0;
     for (let i = first; i <= last; i++) {
-      sum += this.buffer[i] * this.kernel(t - i);
+      const x = (t - i + this.halfWidth) * TABLE_STEPS;
+      const j = Math.floor(x);
+      sum += this.buffer[i] * (table[j] + (x - j) * (table[j + 1] - table[j]));
     }
     return sum;
   }
+}
 
-  kernel(distance) {
-    const x = this.cutoff * distance;
+// The kernel sampled TABLE_STEPS times per input sample across [-halfWidth, halfWidth]: no trigonometry
+// per tap in the audio thread.
+function kernelTable(cutoff, halfWidth) {
+  const table = new Float32Array(2 * halfWidth * TABLE_STEPS + 2);
+  for (let j = 0; j < table.length; j++) {
+    const distance = Math.min(j / TABLE_STEPS - halfWidth, halfWidth);
+    const x = cutoff * distance;
     const sinc = x === 0 ? 1 : Math.sin(Math.PI * x) / (Math.PI * x);
-    const w = (distance / this.halfWidth + 1) / 2; // 0..1 across the window
+    const w = (distance / halfWidth + 1) / 2; // 0..1 across the window
     const blackman = 0.42 - 0.5 * Math.cos(2 * Math.PI * w) + 0.08 * Math.cos(4 * Math.PI * w);
-    return this.cutoff * sinc * blackman;
+    table[j] = cutoff * sinc * blackman;
   }
+  return table;
 }
 
 class PcmEncoder extends AudioWorkletProcessor {
