@@ -109,6 +109,14 @@ def dalston_server_with_keys(tmp_path_factory: pytest.TempPathFactory) -> Iterat
     server.stop()
 
 
+@pytest.fixture
+def own_dalston_server(tmp_path: Path) -> Iterator[DalstonServer]:
+    """A server of the test's own, which the test may stop."""
+    server = start_dalston_serve(tmp_path, {})
+    yield server
+    server.stop()
+
+
 @pytest.fixture(scope="session")
 def microphone_wav(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The speech clip between two silences, as the fake microphone's looped input."""

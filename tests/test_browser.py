@@ -140,3 +140,15 @@ def test_the_worklet_keeps_speech_frequencies_and_removes_those_that_would_alias
         assert abs(tone_level_db(browser, rate, frequency_hz)) < 0.5
     for frequency_hz in (9000, 12000, 15000):  # 16 kHz sampling would fold these onto 7, 4 and 1 kHz
         assert tone_level_db(browser, rate, frequency_hz) < -60
+
+
+def test_a_server_going_away_mid_session_shows_an_error(browser: WebDriver, own_dalston_server: DalstonServer) -> None:
+    server = own_dalston_server
+    open_page(browser, server)
+    browser.find_element(By.ID, "start").click()
+    wait_for(browser, server, "the session to begin",
+             lambda d: d.find_element(By.ID, "status").get_attribute("data-state") == "listening")
+    server.stop()
+    wait_for(browser, server, "the error to show", lambda d: d.find_element(By.ID, "error").is_displayed())
+    assert browser.find_element(By.ID, "status").get_attribute("data-state") != "ended"
+    assert browser.find_element(By.ID, "start").is_enabled()

@@ -127,6 +127,8 @@ class CaptionSession {
   constructor() {
     this.ended = false; // session.end arrived, or the server reported an error
     this.stopping = false;
+    this.endSent = false;
+    this.endTimer = null;
     this.audio = null;
     this.stream = null;
     this.socket = null;
@@ -173,7 +175,8 @@ class CaptionSession {
   onServerEvent(event) {
     switch (event.type) {
       case "session.begin":
-        setStatus("listening", `listening · ${event.model} · ${event.session_id}`);
+        setStatus("listening", `listening · ${event.model}`);
+        ui.status.title = event.session_id;
         break;
       case "transcript.partial":
         showPartial(event);
@@ -206,6 +209,7 @@ class CaptionSession {
       showError("connection_closed", `the connection closed unexpectedly (code ${event.code}${reason})`);
     }
     if (ui.status.dataset.state !== "ended") setStatus("closed");
+    ui.status.classList.remove("speaking");
     clearTimeout(this.endTimer);
     this.releaseAudio();
     sessionFinished(this);
