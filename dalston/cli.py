@@ -71,7 +71,8 @@ def _config(args: argparse.Namespace) -> Config:
         config = config.replace("server", **server)
     node: dict[str, object] = {}
     if args.command == "worker":
-        node = {k: v for k, v in (("host", args.host), ("port", args.port), ("worker_id", args.worker_id)) if v}
+        node = {k: v for k, v in (("host", args.host), ("port", args.port), ("worker_id", args.worker_id))
+                if v is not None}
         if args.models:
             node["models"] = tuple(m.strip() for m in args.models.split(",") if m.strip())
     if getattr(args, "capacity", None):
