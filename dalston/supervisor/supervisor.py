@@ -95,7 +95,7 @@ class _RestartFailed(Exception):
 
 
 def _should_restart(restart: Restart, reason: ExitReason) -> bool:
-    return restart is not Restart.TEMPORARY
+    return restart is Restart.PERMANENT or (restart is Restart.TRANSIENT and reason.abnormal)
 
 
 class Supervisor(Actor):
