@@ -1,10 +1,12 @@
-"""The session actor's error paths and limits: bad frames, audio after `end`, idle and length limits, a lost
-or failing model. The VAD is the real Silero model on real speech; the speech model is a fake at the decoder
-interface (`TranscriberActor` takes any loader), so these run in well under a second each.
+"""The session actor's error paths and limits (bad frames, audio after `end`, idle and length limits, a lost
+or failing model), and its independence from how the client cuts its audio. The VAD is the real Silero model
+on real speech; the speech model is a fake at the decoder interface (`TranscriberActor` takes any loader), so
+these run in well under a second each.
 """
 
 from __future__ import annotations
 
+import random
 import threading
 
 import numpy as np
@@ -15,6 +17,8 @@ from speech_fixtures import (
     errors,
     fixed_chunks,
     librivox_clips,
+    random_chunks,
+    sample_clip,
     start_session,
 )
 
@@ -24,6 +28,7 @@ from dalston.actors.protocol import (
     ErrorOccurred,
     FinalTranscribed,
     SessionEnded,
+    SpeechEnded,
     SpeechStarted,
     StreamParams,
 )
@@ -161,3 +166,21 @@ async def test_a_failed_final_decode_is_an_internal_error_after_the_finals_befor
     assert len(run.of(FinalTranscribed)) == 1 and run.of(FinalTranscribed)[0].words is None
     assert errors(run.events) == ["internal_error"] and reason.abnormal
     assert "out of memory" in run.events[-1].message
+
+
+async def test_the_events_do_not_depend_on_how_the_client_cuts_its_audio() -> None:
+    def timeline(events: list) -> list[tuple[str, float, float]]:
+        return [(e.type, e.timestamp, 0.0) if isinstance(e, SpeechStarted | SpeechEnded) else (e.type, e.start, e.end)
+                for e in events if isinstance(e, SpeechStarted | SpeechEnded | FinalTranscribed)]
+
+    timelines = []
+    for seed in range(3):
+        run = await start_session(FakeDecoder, StreamParams(interim_results=False))
+        await run.push(random_chunks(sample_clip().pcm.tobytes(), random.Random(seed), max_bytes=20000))
+        await run.finish()
+        await run.close()
+        check_event_order(run.events)
+        check_finals(run.events, with_words=False)
+        timelines.append(timeline(run.events))
+    assert len([kind for kind, *_ in timelines[0] if kind == "transcript.final"]) == 5  # five sentences
+    assert timelines[1] == timelines[0] and timelines[2] == timelines[0]
