@@ -1,6 +1,6 @@
 """Pytest fixtures around a real `redis-server` on loopback, started by the tests themselves.
 
-Load with `pytest_plugins = ["tests.redis_server"]` in tests/conftest.py (or `from redis_server import ...`).
+Loaded through `pytest_plugins` in tests/conftest.py.
 - `redis_server` (session): one server in a temporary folder, no persistence, stopped after the run;
 - `redis_prefix`: a key prefix unique to the test, so tests never see each other's keys;
 - `redis_client`: an asyncio client (decode_responses=True) on that server, closed after the test;

@@ -16,10 +16,9 @@ from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.support.ui import WebDriverWait
 
-if TYPE_CHECKING:  # imported by pytest_plugins below; importing it first would stop pytest rewriting its asserts
+if TYPE_CHECKING:  # a plugin (tests/conftest.py); importing it here first would stop pytest rewriting its asserts
     from browser_fixtures import DalstonServer
 
-pytest_plugins = ["browser_fixtures"]
 pytestmark = [pytest.mark.slow, pytest.mark.browser]
 
 WAIT_S = 60.0

@@ -12,14 +12,7 @@ from typing import Any
 
 import aiohttp
 import pytest
-
-from dalston.supervisor.redis_registry import RedisRegistry
-from dalston.supervisor.registry import SessionStatus, WorkerRecord, WorkerStatus
-from dalston.web.client import StreamClient
-from dalston.wer import word_error_rate
-
-pytest.register_assert_rewrite("cluster_fixtures")  # it is a plugin too: rewrite it before importing it here
-from cluster_fixtures import (  # noqa: E402
+from cluster_fixtures import (
     DalstonProcess,
     ProcessGroup,
     load_clip,
@@ -29,7 +22,11 @@ from cluster_fixtures import (  # noqa: E402
     stream_to_end,
 )
 
-pytest_plugins = ["redis_server", "cluster_fixtures"]
+from dalston.supervisor.redis_registry import RedisRegistry
+from dalston.supervisor.registry import SessionStatus, WorkerRecord, WorkerStatus
+from dalston.web.client import StreamClient
+from dalston.wer import word_error_rate
+
 pytestmark = pytest.mark.slow
 
 MAX_WER = 0.35  # tiny.en gets about 4% on these clips; this only says "it heard the speech"

@@ -14,12 +14,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-
-from dalston.web.client import StreamClient
-from dalston.wer import word_error_rate
-
-pytest.register_assert_rewrite("cluster_fixtures")  # it is a plugin too: rewrite it before importing it here
-from cluster_fixtures import (  # noqa: E402
+from cluster_fixtures import (
     DalstonProcess,
     ProcessGroup,
     load_clip,
@@ -27,6 +22,9 @@ from cluster_fixtures import (  # noqa: E402
     of_type,
     stream_to_end,
 )
+
+from dalston.web.client import StreamClient
+from dalston.wer import word_error_rate
 
 pytestmark = pytest.mark.slow
 

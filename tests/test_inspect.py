@@ -19,7 +19,6 @@ from dalston.supervisor.registry import WorkerInfo
 if TYPE_CHECKING:
     from redis_server import RedisServer
 
-pytest_plugins = ["redis_server"]
 
 
 @pytest.fixture(autouse=True)

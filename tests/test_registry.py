@@ -28,7 +28,6 @@ from dalston.supervisor.registry import (
 if TYPE_CHECKING:
     from redis_server import RedisServer
 
-pytest_plugins = ["redis_server"]
 
 MODELS = ("fast", "accurate")
 

@@ -21,7 +21,6 @@ from dalston.supervisor.registry import NodeRegistry, SessionInfo, WorkerInfo, W
 if TYPE_CHECKING:
     from redis_server import RedisServer
 
-pytest_plugins = ["redis_server"]
 
 MODELS = ("fast", "accurate")
 WORKER_IDS = ("w0", "w1", "w2", "w3")

@@ -19,7 +19,6 @@ from dalston.supervisor.router import SessionRouter, percentile
 if TYPE_CHECKING:
     from redis_server import RedisServer
 
-pytest_plugins = ["redis_server"]
 
 
 @pytest.fixture(params=["memory", "redis"])

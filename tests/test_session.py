@@ -34,7 +34,6 @@ from dalston.actors.runtime import NORMAL
 from dalston.wer import corpus_word_error_rate, word_error_rate
 
 pytestmark = pytest.mark.slow
-pytest_plugins = ["speech_fixtures"]
 
 MAX_WER = 0.15
 # tiny.en itself gets one LibriVox clip ("ill disposed" -> "old-sposed") 25% wrong when decoding it offline.

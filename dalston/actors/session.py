@@ -212,6 +212,8 @@ class SessionActor(Actor):
                     self._samples_at_last_partial = start
                     await self._emit(SpeechStarted(round(start / SAMPLE_RATE, 3)))
                 case PauseStarted(start, end):
+                    # A queued partial of this utterance would only compete with its early final.
+                    await self._tell_transcriber(UtteranceEnded(self.session_id, self._utterance))
                     await self._request_final(start, end, item, confirmed=False)
                 case SpeechResumed():
                     withdrawn = self._finals.withdraw_tentative()
