@@ -194,10 +194,11 @@ def _details(actor: str, extra: dict[str, Any], uptime_s: float) -> str:
                 f" finals_pending={extra.get('finals_pending')}{speech}")
     if actor == "TranscriberActor":
         decodes = extra.get("decodes") or {}
+        mean_s = extra.get("mean_decode_s")
         return (f"model={extra.get('model')} running={extra.get('running')}"
                 f" queued={extra.get('finals_queued')} final/{extra.get('partials_queued')} partial"
                 f" decodes={decodes.get('final', 0)} final/{decodes.get('partial', 0)} partial"
-                f" mean_decode={extra.get('mean_decode_s')}s")
+                + (f" mean_decode={mean_s}s" if mean_s is not None else ""))
     if "strategy" in extra:
         bound = extra.get("max_children")
         children = f" children={extra.get('active_children')}" + (f"/{bound}" if bound else "")

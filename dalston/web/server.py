@@ -103,8 +103,10 @@ async def serve(config: Config) -> None:
     """Everything in one process: gateway + one node + the in-process registry (no Redis)."""
     registry = open_registry(config)
     worker_config = config.replace("node", port=0)
-    async with running_worker(worker_config, registry), running_gateway(config, registry) as port:
+    async with running_worker(worker_config, registry) as node, running_gateway(config, registry) as port:
         print(f"dalston: listening on ws://{config.server.host}:{port}/v1/audio/transcriptions/stream", flush=True)
+        print(f"dalston: worker node at {node.endpoint.replace('ws://', 'http://')} "
+              f"(dalston tree --url {node.endpoint.replace('ws://', 'http://')})", flush=True)
         await wait_for_signal()
         log.info("serve.stopping")
     await registry.close()
