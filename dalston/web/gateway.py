@@ -31,7 +31,7 @@ from dalston.actors.runtime import ActorDead
 from dalston.actors.session import PushAudio
 from dalston.config import Config
 from dalston.logs import bind_context
-from dalston.supervisor.registry import Allocation, NodeRegistry, SessionInfo, WorkerStatus
+from dalston.supervisor.registry import Allocation, NodeRegistry, RegistryUnavailable, SessionInfo, WorkerStatus
 from dalston.supervisor.router import SessionRouter
 from dalston.web.auth import ApiKeys
 from dalston.web.link import LINK_LOST, LinkRefused, RemoteSessionRef, open_link
@@ -130,11 +130,15 @@ async def stream_handler(request: web.Request) -> web.StreamResponse:
     bind_context(session_id=session_id)
     key = state.keys.key_of(request)
     try:
-        params = await _admit(state, request, key)
         try:
-            await _serve(state, ws, session_id, params, request.remote or "")
-        finally:
-            state.keys.release(key)
+            params = await _admit(state, request, key)
+            try:
+                await _serve(state, ws, session_id, params, request.remote or "")
+            finally:
+                state.keys.release(key)
+        except RegistryUnavailable as error:
+            log.warning("gateway.registry_unavailable", error=str(error))
+            raise ProtocolError(ErrorCode.NO_CAPACITY, "the session registry is unavailable; try again") from error
     except ProtocolError as error:
         state.metrics.rejected(error.code)
         await _send_error(ws, error.code, error.message)
