@@ -291,6 +291,22 @@ async def test_cancelling_a_supervisor_trees_task_leaves_no_task_running() -> No
     assert journal.of("stopped") == ["c", "b", "a"]
 
 
+async def test_a_supervisor_killed_while_stopping_its_children_kills_the_rest_rather_than_orphan_them() -> None:
+    before = asyncio.all_tasks()
+    journal = Journal()
+    root = await start_supervisor([spec(journal, "a"), spec(journal, "stuck", shutdown_s=60)])
+    stuck = (await refs_of(root))["stuck"]
+    assert stuck is not None
+    await stuck.tell(Hang())
+    # The root's graceful stop waits on "stuck" (60 s allowed); the root itself is given far less, then killed.
+    await root.ref.stop(timeout_s=0.05)
+    left = asyncio.all_tasks() - before
+    if left:
+        await asyncio.wait(left, timeout=5)
+    assert [task for task in asyncio.all_tasks() - before if not task.done()] == []
+    assert journal.reasons["stuck"].kind == journal.reasons["a"].kind == "killed"
+
+
 async def test_cancelling_the_application_task_that_holds_a_tree_stops_the_tree() -> None:
     before = asyncio.all_tasks()
     journal = Journal()
