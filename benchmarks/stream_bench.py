@@ -199,7 +199,8 @@ class SessionLog:
         return [(t, e) for t, e in self.events if e.get("type") == kind]
 
 
-async def stream_once(url: str, samples: np.ndarray) -> SessionLog:
+async def stream_once(url: str, samples: np.ndarray, delay_s: float = 0.0) -> SessionLog:
+    await asyncio.sleep(delay_s)
     log = SessionLog()
     async with StreamClient(url, sample_rate=RATE, model="fast") as client:
         sender = asyncio.create_task(client.send_pcm(samples, speed=1.0, chunk_ms=100))
@@ -280,13 +281,14 @@ def decode_means(before: dict[str, float], after: dict[str, float]) -> dict[str,
 
 
 async def measure(server: Server, conversation: Conversation, sessions: int, runs: int,
-                  idle_rss_mb: float | None) -> dict[str, Any]:
+                  idle_rss_mb: float | None, stagger_s: float = 0.0) -> dict[str, Any]:
     sampler = ProcessSampler(server.pid)
     sampling = asyncio.create_task(sampler.run())
     before = await scrape_decodes(server.metrics_url)
     results = []
     for _ in range(runs):
-        logs = await asyncio.gather(*(stream_once(server.url, conversation.samples) for _ in range(sessions)))
+        logs = await asyncio.gather(*(stream_once(server.url, conversation.samples, i * stagger_s)
+                                      for i in range(sessions)))
         results += [analyse_session(log, conversation) for log in logs]
     after = await scrape_decodes(server.metrics_url)
     sampling.cancel()
@@ -308,11 +310,12 @@ async def measure(server: Server, conversation: Conversation, sessions: int, run
     }
 
 
-async def sweep(server: Server, conversation: Conversation, counts: list[int], runs: int) -> list[dict[str, Any]]:
+async def sweep(server: Server, conversation: Conversation, counts: list[int], runs: int,
+                stagger_s: float = 0.0) -> list[dict[str, Any]]:
     idle = psutil.Process(server.pid).memory_info().rss / 2**20 if server.pid else None
     rows = []
     for n in counts:
-        row = await measure(server, conversation, n, runs, idle)
+        row = await measure(server, conversation, n, runs, idle, stagger_s)
         row["rss_idle_mb"] = idle
         print(one_line(row), flush=True)
         rows.append(row)
@@ -362,18 +365,22 @@ def main() -> int:
     parser.add_argument("--url", help="an already running stream endpoint (no server is started)")
     parser.add_argument("--metrics-url", help="with --url: the worker's /metrics, for decode times")
     parser.add_argument("--server-pid", type=int, help="with --url: the server process, for CPU and memory")
+    parser.add_argument("--stagger-s", type=float, default=0.0,
+                        help="start client i after i x this many seconds (0: all at once, the worst case)")
     args = parser.parse_args()
     counts = [int(n) for n in args.sessions.split(",")]
     RESULTS.mkdir(parents=True, exist_ok=True)
     stamp = time.strftime("%Y%m%d-%H%M%S")
     conversation = with_word_times(build_conversation())
     if args.url:
-        rows = asyncio.run(sweep(Server(args.url, args.metrics_url, args.server_pid), conversation, counts, args.runs))
+        server = Server(args.url, args.metrics_url, args.server_pid)
+        rows = asyncio.run(sweep(server, conversation, counts, args.runs, args.stagger_s))
     else:
         with dalston_serve(max(counts), RESULTS / f"stream_bench-{stamp}.log") as server:
-            rows = asyncio.run(sweep(server, conversation, counts, args.runs))
+            rows = asyncio.run(sweep(server, conversation, counts, args.runs, args.stagger_s))
     within = [r["sessions"] for r in rows if r["within_targets"]]
-    report = {"audio_s": len(conversation.samples) / RATE, "utterances": [asdict(u) for u in conversation.utterances],
+    report = {"audio_s": len(conversation.samples) / RATE, "stagger_s": args.stagger_s,
+              "utterances": [asdict(u) for u in conversation.utterances],
               "targets": {"final_p95_s": FINAL_P95_TARGET_S, "behind_growth_s": BEHIND_GROWTH_S},
               "capacity": max(within, default=0), "results": rows}
     (RESULTS / f"stream_bench-{stamp}.json").write_text(json.dumps(report, indent=2))
