@@ -42,7 +42,7 @@ from dalston.actors.protocol import End, StreamParams
 from dalston.actors.session import PushAudio
 from dalston.config import load_config
 from dalston.supervisor.router import percentile
-from dalston.web.client import StreamClient
+from dalston.web.client import StreamClient, wait_until_ready
 from dalston.web.link import LinkRefused, RemoteSessionRef, open_link
 
 REPO = Path(__file__).resolve().parent.parent
@@ -71,22 +71,6 @@ def dalston_process(args: list[str], log: Path) -> Iterator[subprocess.Popen[byt
             process.wait(15)
         except subprocess.TimeoutExpired:
             process.kill()
-
-
-async def wait_ready(url: str, process: subprocess.Popen[bytes]) -> None:
-    deadline = time.monotonic() + READY_TIMEOUT_S
-    async with aiohttp.ClientSession() as http:
-        while time.monotonic() < deadline:
-            if process.poll() is not None:
-                raise SystemExit(f"{process.args} exited with {process.returncode}")
-            try:
-                async with http.get(url) as response:
-                    if response.status == 200 and (await response.json()).get("status") == "ready":
-                        return
-            except aiohttp.ClientError:
-                pass
-            await asyncio.sleep(0.1)
-    raise SystemExit(f"{url} not ready in {READY_TIMEOUT_S:g} s")
 
 
 @asynccontextmanager
@@ -220,8 +204,8 @@ async def main_async(args: argparse.Namespace, redis_url: str, folder: Path) -> 
     gateway_args = ["gateway", "--redis-url", redis_url, "--port", str(gateway_port)]
     with dalston_process(worker_args, folder / "worker.log") as worker, \
             dalston_process(gateway_args, folder / "gateway.log") as gateway:
-        await wait_ready(f"http://127.0.0.1:{worker_port}/healthz", worker)
-        await wait_ready(f"http://127.0.0.1:{gateway_port}/readyz", gateway)
+        await wait_until_ready(f"http://127.0.0.1:{worker_port}/healthz", worker, timeout_s=READY_TIMEOUT_S)
+        await wait_until_ready(f"http://127.0.0.1:{gateway_port}/readyz", gateway, timeout_s=READY_TIMEOUT_S)
         url = f"ws://127.0.0.1:{gateway_port}/v1/audio/transcriptions/stream"
         return await measure(url, f"ws://127.0.0.1:{worker_port}", args)
 

@@ -35,7 +35,7 @@ import psutil
 
 from dalston.actors.audio import read_wav
 from dalston.supervisor.router import percentile
-from dalston.web.client import StreamClient
+from dalston.web.client import StreamClient, wait_until_ready
 from dalston.wer import edit_distance, normalize_words, word_error_rate
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -124,7 +124,7 @@ def dalston_serve(capacity: int, log_path: Path) -> Iterator[Server]:
         process = subprocess.Popen([sys.executable, "-m", "dalston.cli", "serve", "--port", str(port)],
                                    stdout=log, stderr=log, env=env, cwd=ROOT)
         try:
-            worker = asyncio.run(wait_until_ready(port, process, log_path))
+            worker = asyncio.run(wait_for_server(port, process, log_path))
             yield Server(f"ws://127.0.0.1:{port}/v1/audio/transcriptions/stream", f"{worker}/metrics", process.pid)
         finally:
             process.send_signal(signal.SIGTERM)
@@ -134,21 +134,13 @@ def dalston_serve(capacity: int, log_path: Path) -> Iterator[Server]:
                 process.kill()
 
 
-async def wait_until_ready(port: int, process: subprocess.Popen[bytes], log_path: Path) -> str:
+async def wait_for_server(port: int, process: subprocess.Popen[bytes], log_path: Path) -> str:
     """Wait for /readyz; return the worker's HTTP base, read from the node.started log line."""
-    async with aiohttp.ClientSession() as http:
-        for _ in range(240):
-            if process.poll() is not None:
-                raise RuntimeError(f"dalston serve exited ({process.returncode}); see {log_path}")
-            found = re.search(r'"endpoint": "ws://([^"]+)"', await asyncio.to_thread(log_path.read_text))
-            try:
-                async with http.get(f"http://127.0.0.1:{port}/readyz") as response:
-                    if response.status == 200 and found:
-                        return f"http://{found.group(1)}"
-            except aiohttp.ClientError:
-                pass
-            await asyncio.sleep(0.5)
-    raise TimeoutError("dalston serve did not become ready")
+    await wait_until_ready(f"http://127.0.0.1:{port}/readyz", process, timeout_s=120.0)
+    found = re.search(r'"endpoint": "ws://([^"]+)"', await asyncio.to_thread(log_path.read_text))
+    if found is None:
+        raise RuntimeError(f"no node.started line in {log_path}")
+    return f"http://{found.group(1)}"
 
 
 async def scrape_decodes(metrics_url: str | None) -> dict[str, float]:

@@ -12,28 +12,11 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
-import aiohttp
+from dalston.web.client import wait_until_ready
 
 SAMPLE = Path(__file__).resolve().parent / "data" / "sample.wav"
-
-
-async def wait_until_ready(port: int, server: subprocess.Popen[bytes], timeout_s: float = 120.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    async with aiohttp.ClientSession() as http:
-        while time.monotonic() < deadline:
-            if server.poll() is not None:
-                raise RuntimeError(f"dalston serve exited with code {server.returncode}")
-            try:
-                async with http.get(f"http://127.0.0.1:{port}/readyz") as response:
-                    if response.status == 200:
-                        return
-            except aiohttp.ClientError:
-                pass
-            await asyncio.sleep(0.5)
-    raise TimeoutError("dalston serve did not become ready")
 
 
 def main() -> int:
@@ -48,7 +31,7 @@ def main() -> int:
         server = subprocess.Popen([sys.executable, "-m", "dalston.cli", "serve", "--port", str(args.port)],
                                   stdout=log, stderr=subprocess.STDOUT)
         try:
-            asyncio.run(wait_until_ready(args.port, server))
+            asyncio.run(wait_until_ready(f"http://127.0.0.1:{args.port}/readyz", server))
             print(f"Streaming {args.file.name} at {args.speed:g}x real time:\n", flush=True)
             from dalston.cli import main as dalston
 

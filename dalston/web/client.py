@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import subprocess
 import time
 from collections.abc import AsyncIterator
 from types import TracebackType
@@ -98,3 +99,28 @@ async def transcribe_file(url: str, samples: np.ndarray, *, speed: float = 1.0, 
         sender.cancel()
         await asyncio.gather(sender, return_exceptions=True)
         return events, stream.close_code
+
+
+class ServerExited(RuntimeError):
+    """The server process being waited for exited instead of becoming ready."""
+
+
+async def wait_until_ready(url: str, process: subprocess.Popen[bytes] | None = None, *,
+                           timeout_s: float = 120.0, poll_s: float = 0.2) -> None:
+    """Poll a `/readyz` (gateway) or `/healthz` (worker) URL until it answers 200 with a ready status.
+
+    Raises `ServerExited` if `process` exits first, TimeoutError after `timeout_s`.
+    """
+    async with aiohttp.ClientSession() as http:
+        async with asyncio.timeout(timeout_s):
+            while True:
+                if process is not None and process.poll() is not None:
+                    raise ServerExited(f"{process.args} exited with code {process.returncode}")
+                try:
+                    async with http.get(url) as response:
+                        body = await response.json(content_type=None)
+                        if response.status == 200 and body.get("status") in ("ready", "ok"):
+                            return
+                except (aiohttp.ClientError, ValueError):
+                    pass
+                await asyncio.sleep(poll_s)
