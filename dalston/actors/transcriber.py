@@ -117,7 +117,6 @@ class TranscriberActor(Actor):
         self._pool: ThreadPoolExecutor | None = None
         self._decoder: Decoder | None = None
         self._decodes = {"final": 0, "partial": 0, "failed": 0}
-        self._decode_s_total = 0.0
         self._decode_s_sum = dict.fromkeys(self._decodes, 0.0)  # per kind, for the worker's /metrics
         self._queued_s_sum = dict.fromkeys(self._decodes, 0.0)
 
@@ -183,7 +182,6 @@ class TranscriberActor(Actor):
     def _count(self, request: DecodeRequest, error: str | None, decode_s: float, queued_s: float) -> None:
         kind = "failed" if error else "final" if request.final else "partial"
         self._decodes[kind] += 1
-        self._decode_s_total += decode_s
         self._decode_s_sum[kind] += decode_s
         self._queued_s_sum[kind] += queued_s
 
@@ -206,7 +204,7 @@ class TranscriberActor(Actor):
             "partials_replaced": queue.partials_replaced,
             "partials_dropped": queue.partials_dropped,
             "decodes": dict(self._decodes),
-            "mean_decode_s": round(self._decode_s_total / done, 4) if done else None,
+            "mean_decode_s": round(sum(self._decode_s_sum.values()) / done, 4) if done else None,
             "decode_s_sum": dict(self._decode_s_sum),
             "queued_s_sum": dict(self._queued_s_sum),
         }
