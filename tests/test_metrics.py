@@ -35,7 +35,7 @@ class FixedTextDecoder:
     """Answers every decode at once with the same words, spanning the audio it was given."""
 
     def decode(self, audio: np.ndarray, *, final: bool, word_timestamps: bool, language: str | None,
-               offset_s: float) -> DecodeResult:
+               offset_s: float, beam_size: int | None = None) -> DecodeResult:
         duration_s = len(audio) / 16000
         segment = DecodedSegment(offset_s, offset_s + duration_s, " some words heard", -0.2, 0.01, None)
         return DecodeResult(segment.text, (segment,), "en", duration_s, 0.001)

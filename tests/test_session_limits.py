@@ -49,7 +49,7 @@ class FakeDecoder:
         self.finals_started = threading.Event()
 
     def decode(self, audio: np.ndarray, *, final: bool, word_timestamps: bool, language: str | None,
-               offset_s: float) -> DecodeResult:
+               offset_s: float, beam_size: int | None = None) -> DecodeResult:
         if final:
             self.finals_started.set()
             self.gate.wait(5)

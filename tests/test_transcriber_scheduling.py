@@ -27,11 +27,13 @@ class GatedDecoder:
     def __init__(self) -> None:
         self.gate = threading.Event()
         self.order: list[tuple[str, int, bool]] = []
+        self.beams: list[int | None] = []
 
     def decode(self, audio: np.ndarray, *, final: bool, word_timestamps: bool, language: str | None,
-               offset_s: float) -> str:
+               offset_s: float, beam_size: int | None = None) -> str:
         self.gate.wait(5)
         self.order.append((f"{audio[0]:.0f}", int(audio[1]), final))
+        self.beams.append(beam_size)
         return "text"
 
 
@@ -194,3 +196,18 @@ def test_the_queue_skips_busy_sessions_and_holds_partials_when_told(
     assert len(served) + len(queue) == len(submissions) - queue.statistics().partials_replaced
     waiting = {s for s, final in submissions if not final}
     assert len(queue) == (len(waiting) if not allow_partials else len(waiting & busy))
+
+
+async def test_finals_with_others_waiting_behind_them_are_decoded_greedily_and_a_lone_final_is_not() -> None:
+    decoder = GatedDecoder()
+    transcriber, inbox_ref, inbox = await start(decoder)
+    for session in range(3):
+        await transcriber.tell(request(inbox_ref, session, 1, 1, final=True))
+    await asyncio.sleep(0.05)
+    decoder.gate.set()
+    await wait_for_answers(inbox, 3)
+    # The first started alone; the second started with the third still waiting; the third started alone.
+    assert decoder.beams == [None, 1, None]
+    assert transcriber.statistics().extra["greedy_finals"] == 1
+    await transcriber.stop()
+    await inbox_ref.stop()

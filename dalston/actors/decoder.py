@@ -216,10 +216,12 @@ class WhisperDecoder:
         return bool(self._model.model.is_multilingual)
 
     def decode(self, audio_f32_16k: np.ndarray, *, final: bool, word_timestamps: bool,
-               language: str | None, offset_s: float, prompt: str | None = None) -> DecodeResult:
+               language: str | None, offset_s: float, prompt: str | None = None,
+               beam_size: int | None = None) -> DecodeResult:
         """Decode one utterance (16 kHz mono float32); times in the result are `offset_s` + audio time.
 
-        Finals use the spec's beam size (and word timestamps when asked); partials are greedy, no words.
+        Finals use the spec's beam size unless `beam_size` says otherwise (and word timestamps when asked);
+        partials are greedy, no words.
         """
         started = time.perf_counter()
         audio = np.ascontiguousarray(audio_f32_16k, dtype=np.float32).reshape(-1)
@@ -228,8 +230,9 @@ class WhisperDecoder:
         if rms(audio) < self.options.min_rms:
             self._count(skipped=True, decode_s=0.0)
             return DecodeResult("", (), language or "", duration_s, time.perf_counter() - started)
+        beam_size = beam_size or (self.spec.beam_size if final else 1)
         raw, detected = self._transcribe(audio, final=final, word_timestamps=final and word_timestamps,
-                                         language=language, prompt=prompt)
+                                         language=language, prompt=prompt, beam_size=beam_size)
         guarded = clamp_segments(apply_guards(raw, self.options.guards), duration_s)
         segments = tuple(shift_segment(segment, offset_s) for segment in guarded)
         decode_s = time.perf_counter() - started
@@ -260,10 +263,10 @@ class WhisperDecoder:
         return min(int(wanted), 220)
 
     def _transcribe(self, audio: np.ndarray, *, final: bool, word_timestamps: bool, language: str | None,
-                    prompt: str | None) -> tuple[list[DecodedSegment], str]:
+                    prompt: str | None, beam_size: int = 1) -> tuple[list[DecodedSegment], str]:
         guards = self.options.guards
         segments, info = self._model.transcribe(
-            audio, language=language, beam_size=self.spec.beam_size if final else 1,
+            audio, language=language, beam_size=beam_size,
             temperature=self.options.final_temperatures if final else 0.0,
             word_timestamps=word_timestamps, without_timestamps=not final,
             vad_filter=False,  # our VAD already cut the utterance
