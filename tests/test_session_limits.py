@@ -6,6 +6,7 @@ these run in well under a second each.
 
 from __future__ import annotations
 
+import asyncio
 import random
 import threading
 
@@ -27,13 +28,19 @@ from dalston.actors.protocol import (
     End,
     ErrorOccurred,
     FinalTranscribed,
+    ServerEvent,
     SessionEnded,
     SpeechEnded,
     SpeechStarted,
     StreamParams,
 )
-from dalston.actors.runtime import NORMAL, ActorDead
-from dalston.actors.session import PushAudio, SessionLimits
+from dalston.actors.runtime import NORMAL, ActorDead, ActorRef, spawn
+from dalston.actors.session import PushAudio, SessionActor, SessionLimits
+from dalston.actors.speech import new_segmenter
+from dalston.actors.transcriber import TranscriberActor
+from dalston.config import VadConfig
+from dalston.supervisor.spec import worker_spec
+from dalston.supervisor.supervisor import start_supervisor
 
 SPEECH = librivox_clips()[4]  # about 3.3 s, one sentence
 
@@ -184,3 +191,35 @@ async def test_the_events_do_not_depend_on_how_the_client_cuts_its_audio() -> No
         timelines.append(timeline(run.events))
     assert len([kind for kind, *_ in timelines[0] if kind == "transcript.final"]) == 5  # five sentences
     assert timelines[1] == timelines[0] and timelines[2] == timelines[0]
+
+
+async def test_a_session_hands_its_undecoded_final_to_the_model_its_supervisor_restarted() -> None:
+    decoder = FakeDecoder()
+    decoder.gate.clear()  # the first decode of the final hangs until the model actor is gone
+    tree = await start_supervisor([worker_spec("transcriber", lambda: TranscriberActor("fast", lambda: decoder))])
+
+    async def find_transcriber() -> ActorRef | None:
+        children = await tree.which_children()
+        return children[0].ref
+
+    transcriber = await find_transcriber()
+    assert transcriber is not None
+    events: list[ServerEvent] = []
+
+    async def sink(event: ServerEvent) -> None:
+        events.append(event)
+
+    session = await spawn(SessionActor("s1", StreamParams(), transcriber=transcriber, sink=sink,
+                                       segmenter=new_segmenter(VadConfig()), model_language="en",
+                                       find_transcriber=find_transcriber))
+    for chunk in fixed_chunks(SPEECH.pcm.tobytes(), 3200):
+        await session.tell(PushAudio(chunk))
+    await session.tell(End())
+    assert await asyncio.to_thread(decoder.finals_started.wait, 5)
+    await transcriber.kill()  # crashes: the supervisor starts a fresh model actor
+    decoder.gate.set()
+    await asyncio.wait_for(session.wait_stopped(), 20)
+    await tree.stop()
+    assert errors(events) == []
+    assert [e.text for e in events if isinstance(e, FinalTranscribed)] == ["some words were said"]
+    assert isinstance(events[-1], SessionEnded) and events[-1].transcript == "some words were said"

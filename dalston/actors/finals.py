@@ -11,6 +11,8 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+
 
 @dataclass
 class PendingFinal:
@@ -19,9 +21,13 @@ class PendingFinal:
     start_sample: int
     end_sample: int
     confirmed: bool
+    audio: np.ndarray = field(repr=False)  # kept until answered: a restarted model must decode it again
     result: Any | None = None
     error: str | None = None
     answered: bool = field(default=False)
+
+
+_NO_AUDIO = np.zeros(0, dtype=np.float32)
 
 
 class PendingFinals:
@@ -55,6 +61,7 @@ class PendingFinals:
         for final in self._queue:
             if final.request_id == request_id:
                 final.result, final.error, final.answered = result, error, True
+                final.audio = _NO_AUDIO  # the decode is done: free the segment's samples
                 return True
         return False
 
@@ -65,5 +72,5 @@ class PendingFinals:
             ready.append(self._queue.popleft())
         return ready
 
-    def request_ids(self) -> list[int]:
-        return [final.request_id for final in self._queue]
+    def unanswered(self) -> list[PendingFinal]:
+        return [final for final in self._queue if not final.answered]

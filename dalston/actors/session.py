@@ -46,6 +46,8 @@ log = structlog.get_logger(__name__)
 
 SAMPLE_RATE = 16000
 EventSink = Callable[[ServerEvent], Awaitable[None]]
+# Where a session finds its model actor again after the model's supervisor restarted it (None: not running).
+TranscriberLookup = Callable[[], Awaitable[ActorRef | None]]
 
 
 @dataclass(frozen=True, eq=False)
@@ -67,6 +69,7 @@ class SessionLimits:
     max_duration_s: float = 14400.0
     partial_interval_ms: int = 500
     tick_s: float = 0.5
+    transcriber_restart_wait_s: float = 15.0  # how long a session waits for a restarted model
 
 
 class SessionActor(Actor):
@@ -82,11 +85,13 @@ class SessionActor(Actor):
         sink: EventSink,
         limits: SessionLimits | None = None,
         model_language: str | None = None,
+        find_transcriber: TranscriberLookup | None = None,
     ) -> None:
         self.session_id = session_id
         self.params = params
         self.limits = limits or SessionLimits()
         self._transcriber = transcriber
+        self._find_transcriber = find_transcriber
         self._segmenter = segmenter
         self._sink = sink
         self._language = params.language if params.language != "auto" else model_language
@@ -144,9 +149,32 @@ class SessionActor(Actor):
             case _Tick():
                 await self._check_limits()
             case Down(ref) if ref is self._transcriber:
-                await self._fail(ErrorCode.INTERNAL_ERROR, "the speech model stopped; the session cannot go on")
+                await self._on_transcriber_down()
             case _:
                 await super().receive(message)
+
+    async def _on_transcriber_down(self) -> None:
+        """The model actor stopped: wait for its supervisor's fresh one and hand it the undecoded finals."""
+        replacement = await self._find_replacement()
+        if replacement is None:
+            await self._fail(ErrorCode.INTERNAL_ERROR, "the speech model stopped; the session cannot go on")
+            return
+        log.warning("session.transcriber_replaced", session_id=self.session_id, transcriber=replacement.name)
+        self._transcriber = replacement
+        self._transcriber_monitor = replacement.monitor(self.ref)
+        for final in self._finals.unanswered():
+            await self._submit_final(final)
+
+    async def _find_replacement(self) -> ActorRef | None:
+        if self._find_transcriber is None:
+            return None
+        deadline = time.monotonic() + self.limits.transcriber_restart_wait_s
+        while time.monotonic() < deadline:
+            ref = await self._find_transcriber()
+            if ref is not None and ref is not self._transcriber and ref.alive:
+                return ref
+            await asyncio.sleep(0.1)
+        return None
 
     async def _on_audio(self, data: bytes) -> None:
         if self._ending:
@@ -239,10 +267,14 @@ class SessionActor(Actor):
     async def _request_final(self, start: int, end: int, item: SegmenterEvent, *, confirmed: bool) -> None:
         assert item.audio is not None
         request_id = self._new_request_id()
-        self._finals.add(PendingFinal(self._utterance, request_id, start, end, confirmed))
+        final = PendingFinal(self._utterance, request_id, start, end, confirmed, item.audio)
+        self._finals.add(final)
+        await self._submit_final(final)
+
+    async def _submit_final(self, final: PendingFinal) -> None:
         await self._tell_transcriber(DecodeRequest(
-            self.session_id, self._utterance, request_id, item.audio, start / SAMPLE_RATE, True, self.ref,
-            word_timestamps=self.params.word_timestamps, language=self._language,
+            self.session_id, final.utterance_id, final.request_id, final.audio, final.start_sample / SAMPLE_RATE,
+            True, self.ref, word_timestamps=self.params.word_timestamps, language=self._language,
         ))
 
     async def _maybe_request_partial(self) -> None:

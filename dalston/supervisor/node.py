@@ -234,9 +234,15 @@ class WorkerNode:
                       language: str | None) -> ChildSpec:
         config = self.config
 
+        async def find_transcriber() -> ActorRef | None:
+            with contextlib.suppress(SpawnRefused):
+                return await self._child(f"transcriber:{params.model}")
+            return None
+
         async def start(restarts: int) -> ActorRef:
             actor = SessionActor(session_id, params, transcriber=transcriber, segmenter=new_segmenter(config.vad),
-                                 sink=sink, limits=session_limits(config.session), model_language=language)
+                                 sink=sink, limits=session_limits(config.session), model_language=language,
+                                 find_transcriber=find_transcriber)
             return await spawn(actor, f"session:{session_id}", mailbox_size=config.session.mailbox_size,
                                restarts=restarts)
 
