@@ -17,7 +17,14 @@ from typing import Any
 import structlog
 from aiohttp import WSCloseCode, WSMsgType, web
 
-from dalston.actors.protocol import End, ErrorCode, ErrorOccurred, Flush, ProtocolError, ServerEvent, SessionEnded
+from dalston.actors.protocol import (
+    ErrorCode,
+    ErrorOccurred,
+    ProtocolError,
+    ServerEvent,
+    SessionEnded,
+    parse_client_message,
+)
 from dalston.actors.runtime import SHUTDOWN, ActorDead, ActorRef
 from dalston.actors.session import PushAudio
 from dalston.logs import bind_context
@@ -142,14 +149,11 @@ async def _relay_frames(ws: web.WebSocketResponse, ref: ActorRef, probe: Session
                 probe.audio_received(len(msg.data))
                 await ref.tell(PushAudio(msg.data))
             elif msg.type is WSMsgType.TEXT:
-                await ref.tell(_control_message(msg.data))
+                await ref.tell(parse_client_message(msg.data))  # the gateway checked it; re-parse, never trust
+        except ProtocolError as error:
+            log.warning("link.bad_control_message", error=error.message)
         except ActorDead:
             return
-
-
-def _control_message(text: str) -> Any:
-    kind = json.loads(text).get("type")
-    return End() if kind == "end" else Flush()
 
 
 async def _close_when_stopped(ref: ActorRef, ws: web.WebSocketResponse, link: _SessionLink) -> None:
