@@ -4,4 +4,6 @@ Listing them here makes pytest rewrite their asserts and share their session-sco
 one loaded tiny.en) across every test module.
 """
 
-pytest_plugins = ["redis_server", "speech_fixtures", "cluster_fixtures", "browser_fixtures"]
+pytest_plugins = [
+    "redis_server", "registry_harness", "speech_fixtures", "cluster_fixtures", "browser_fixtures",
+]

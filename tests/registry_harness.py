@@ -10,6 +10,7 @@ import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+import pytest
 import redis.asyncio as aioredis
 
 from dalston.supervisor.memory_registry import MemoryRegistry
@@ -103,3 +104,11 @@ async def assert_consistent(registry: NodeRegistry, models: tuple[str, ...]) -> 
         for worker in workers.values():
             if worker.alive and worker.status == "ready" and model in worker.models:
                 assert worker.worker_id in index, (model, worker)
+
+
+@pytest.fixture(params=["memory", "redis"])
+async def harness(request: pytest.FixtureRequest, redis_prefix: str) -> AsyncIterator[Harness]:
+    """The same test against the in-process registry and against a real Redis."""
+    url = request.getfixturevalue("redis_server").url if request.param == "redis" else None
+    async with open_harness(request.param, url, redis_prefix) as harness:
+        yield harness

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 import redis.asyncio as aioredis
-from registry_harness import LIVENESS_TTL_S, Harness, assert_consistent, open_harness
+from registry_harness import LIVENESS_TTL_S, Harness, assert_consistent
 
 from dalston.supervisor.redis_registry import RedisRegistry
 from dalston.supervisor.registry import (
@@ -30,13 +30,6 @@ if TYPE_CHECKING:
 
 
 MODELS = ("fast", "accurate")
-
-
-@pytest.fixture(params=["memory", "redis"])
-async def harness(request: pytest.FixtureRequest, redis_prefix: str) -> AsyncIterator[Harness]:
-    url = request.getfixturevalue("redis_server").url if request.param == "redis" else None
-    async with open_harness(request.param, url, redis_prefix) as harness:
-        yield harness
 
 
 @pytest.fixture

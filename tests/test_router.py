@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
-from registry_harness import LIVENESS_TTL_S, Harness, ManualClock, open_harness
+from registry_harness import LIVENESS_TTL_S, Harness, ManualClock
 
 from dalston.supervisor.memory_registry import MemoryRegistry
 from dalston.supervisor.reaper import Reaper
@@ -19,13 +19,6 @@ from dalston.supervisor.router import SessionRouter, percentile
 if TYPE_CHECKING:
     from redis_server import RedisServer
 
-
-
-@pytest.fixture(params=["memory", "redis"])
-async def harness(request: pytest.FixtureRequest, redis_prefix: str) -> AsyncIterator[Harness]:
-    url = request.getfixturevalue("redis_server").url if request.param == "redis" else None
-    async with open_harness(request.param, url, redis_prefix) as harness:
-        yield harness
 
 
 @pytest.fixture
