@@ -226,6 +226,8 @@ async def _worker_to_client(ws: web.WebSocketResponse, remote: RemoteSessionRef)
             continue
         with contextlib.suppress(ConnectionResetError):
             await ws.send_str(text)
+    if ws.closed:
+        return  # the client left first, and closing the link is how its session was stopped
     if remote.exit_reason == LINK_LOST:
         log.warning("gateway.worker_lost", worker_id=remote.worker_id)
         await _send_error(ws, ErrorCode.WORKER_LOST, "the worker serving this session stopped answering")
