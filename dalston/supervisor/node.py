@@ -60,6 +60,14 @@ class NodeStatistics:
     uptime_s: float
 
 
+async def _set_within(event: asyncio.Event, seconds: float) -> bool:
+    """Wait up to `seconds` for `event`; whether it is set."""
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(seconds):
+            await event.wait()
+    return event.is_set()
+
+
 def default_worker_id() -> str:
     return f"{socket.gethostname()}-{os.getpid()}"
 
@@ -86,6 +94,7 @@ class WorkerNode:
         self.status = WorkerStatus.STOPPED
         self._root: SupervisorHandle | None = None
         self._heartbeat: asyncio.Task[None] | None = None
+        self._stopping = asyncio.Event()
         self._releases: set[asyncio.Task[None]] = set()
         self._started_at = time.monotonic()
         self._log = log.bind(worker_id=self.worker_id)
@@ -103,6 +112,7 @@ class WorkerNode:
         self._root = await start_supervisor(children, name=f"node:{self.worker_id}", max_restarts=5, period_s=30)
         self.models = tuple(factories)
         await self._register()
+        self._stopping.clear()
         self._heartbeat = asyncio.create_task(self._heartbeat_forever(), name=f"heartbeat:{self.worker_id}")
         self._log.info("node.started", models=self.models, capacity=self.capacity, endpoint=self.endpoint)
 
@@ -159,6 +169,9 @@ class WorkerNode:
     async def stop(self) -> None:
         """Stop at once: sessions still running end with the tree (their clients are told by the link)."""
         if self._heartbeat is not None:
+            # The flag, not only the cancel: redis-py can swallow a CancelledError that lands mid-command
+            # (redis/redis-py#2028), and the loop must end all the same.
+            self._stopping.set()
             self._heartbeat.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._heartbeat
@@ -183,8 +196,7 @@ class WorkerNode:
 
     async def _heartbeat_forever(self) -> None:
         interval = self.config.node.heartbeat_interval_s
-        while True:
-            await asyncio.sleep(interval)
+        while not await _set_within(self._stopping, interval):
             try:
                 if not await self.registry.heartbeat(self.worker_id, self.config.node.liveness_ttl_s):
                     self._log.warning("node.reregistering", reason="the registry forgot this worker")

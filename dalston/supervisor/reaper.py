@@ -7,6 +7,7 @@ Reaping is one atomic step in the registry, so any number of gateways may each r
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from dataclasses import dataclass
 
 import structlog
@@ -39,6 +40,7 @@ class Reaper:
         self._rounds = 0
         self._failed_rounds = 0
         self._workers_reaped = 0
+        self._stopping = asyncio.Event()
 
     async def run_once(self) -> list[str]:
         """One round: reap now and return the ids of the workers removed."""
@@ -50,18 +52,21 @@ class Reaper:
         return reaped
 
     async def run(self) -> None:
-        """Reap every `interval_s` until cancelled."""
-        while True:
+        """Reap every `interval_s` until `stop()` (or cancellation)."""
+        while not self._stopping.is_set():
             try:
                 await self.run_once()
             except RegistryError as exc:
                 self._failed_rounds += 1
                 log.warning("reap_failed", error=str(exc))
-            await asyncio.sleep(self._interval_s)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self._interval_s):
+                    await self._stopping.wait()
 
     def start(self) -> None:
         """Start the background task (idempotent while it runs)."""
         if self._task is None or self._task.done():
+            self._stopping.clear()
             self._task = asyncio.get_running_loop().create_task(self.run(), name="registry-reaper")
             self._task.add_done_callback(_log_crash)
 
@@ -70,6 +75,9 @@ class Reaper:
         task, self._task = self._task, None
         if task is None:
             return
+        # The flag, not only the cancel: redis-py can swallow a CancelledError that lands mid-command
+        # (redis/redis-py#2028), and the loop must end all the same.
+        self._stopping.set()
         task.cancel()
         try:
             await task
