@@ -18,7 +18,6 @@ import contextlib
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -30,6 +29,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import aiohttp
 import numpy as np
 import pytest
+from redis_server import free_port
 
 from dalston.actors.audio import read_wav
 from dalston.supervisor.redis_registry import RedisRegistry
@@ -58,10 +58,6 @@ FAST_CLUSTER_ENV = {
 T = TypeVar("T")
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @dataclass

@@ -47,7 +47,7 @@ class RedisServer:
                 self.process.wait()
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
@@ -77,7 +77,7 @@ def start_redis_server(folder: Path, port: int | None = None) -> RedisServer:
         pytest.fail("redis-server is not installed (apt-get install redis-server)")
     folder.mkdir(parents=True, exist_ok=True)
     for _ in range(3):  # the free port may be taken between choosing it and binding it
-        chosen = port or _free_port()
+        chosen = port or free_port()
         args = [binary, "--port", str(chosen), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
         args += ["--dir", str(folder), "--logfile", str(folder / "redis.log"), "--daemonize", "no"]
         process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

@@ -5,13 +5,13 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 from cluster_fixtures import ProcessGroup
+from redis_server import free_port
 
 from dalston.wer import word_error_rate
 
@@ -44,9 +44,7 @@ def test_dalston_stream_json_prints_every_event_from_session_begin_to_a_full_tra
 
 
 def test_the_main_job_starts_a_server_streams_the_sample_and_prints_its_transcript(tmp_path: Path) -> None:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = free_port()
     done = run_dalston("-m", "dalston.demo", "--speed", "0", "--port", str(port), timeout_s=180.0,
                        DALSTON_DEMO_LOG=str(tmp_path / "serve.log"))
     assert done.returncode == 0, done.stdout + done.stderr

@@ -189,15 +189,3 @@ class NodeRegistry(abc.ABC):
         tb: TracebackType | None,
     ) -> None:
         await self.close()
-
-
-def create_registry(redis_url: str | None = None, **options: object) -> NodeRegistry:
-    """A `RedisRegistry` on `redis_url`, or an in-process `MemoryRegistry` when no URL is given."""
-    # Imported here: both implementations import this module.
-    if redis_url is None:
-        from dalston.supervisor.memory_registry import MemoryRegistry
-
-        return MemoryRegistry(**options)  # type: ignore[arg-type]
-    from dalston.supervisor.redis_registry import RedisRegistry
-
-    return RedisRegistry.from_url(redis_url, **options)  # type: ignore[arg-type]
