@@ -1,4 +1,4 @@
-"""Configuration: the defaults in `config/dalston.toml`, a user file, then `DALSTON_*` environment variables.
+"""Configuration: the defaults in `dalston/dalston.toml` (package data), a user file, then `DALSTON_*` variables.
 
 Each section is a frozen dataclass, so a typo in a key fails at load time rather than at first use.
 Environment overrides are named `DALSTON_<SECTION>_<KEY>` and parsed as the default's type.
@@ -15,7 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-DEFAULT_CONFIG_PATH = Path(__file__).resolve().parent.parent / "config" / "dalston.toml"
+# Shipped inside the package, so an installed wheel finds its defaults without the repository.
+DEFAULT_CONFIG_PATH = Path(__file__).resolve().parent / "dalston.toml"
 
 
 class ConfigError(ValueError):

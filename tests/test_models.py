@@ -15,6 +15,7 @@ from dalston.actors.models import (
     ModelUnavailable,
     file_sha256,
 )
+from dalston.config import DEFAULT_CONFIG_PATH
 
 
 @pytest.fixture
@@ -123,7 +124,7 @@ def test_config_overrides_keep_the_pinned_digests_of_a_packaged_source(tmp_path:
 
 
 def test_the_shipped_config_file_gives_the_built_in_models() -> None:
-    with (Path(__file__).parent.parent / "config" / "dalston.toml").open("rb") as handle:
+    with DEFAULT_CONFIG_PATH.open("rb") as handle:
         config = tomllib.load(handle)
     catalogue = ModelCatalogue.from_config(config["models"])
     assert catalogue.spec("fast") == ModelCatalogue.default().spec("fast")
