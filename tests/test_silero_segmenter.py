@@ -12,7 +12,15 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from dalston.actors.audio import pcm16_to_float32, read_wav
-from dalston.actors.silero import SegmenterEvent, SileroVad, SpeechSegmenter, silero_model_path
+from dalston.actors.models import file_sha256
+from dalston.actors.silero import (
+    SILERO_ONNX_SHA256,
+    SegmenterEvent,
+    SileroVad,
+    SpeechSegmenter,
+    silero_model_path,
+    silero_package_data,
+)
 from dalston.actors.vad import PauseStarted, SpeechEnded, SpeechStarted, VadParams
 
 LIBRIVOX = sorted((Path(__file__).parent / "data" / "librivox").glob("*.wav"))
@@ -169,7 +177,7 @@ def test_streaming_probabilities_match_silero_batched_sequence_model():
     contexts = np.zeros((len(frames), 64), dtype=np.float32)
     contexts[1:] = frames[:-1, -64:]
     sequence = onnxruntime.InferenceSession(
-        str(silero_model_path().with_name("silero_vad_16k_sequence.onnx")), providers=["CPUExecutionProvider"]
+        str(silero_package_data() / "silero_vad_16k_sequence.onnx"), providers=["CPUExecutionProvider"]
     )
     zeros = np.zeros((1, 1, 128), dtype=np.float32)
     (expected, *_) = sequence.run(
@@ -178,3 +186,12 @@ def test_streaming_probabilities_match_silero_batched_sequence_model():
     vad = SileroVad()
     streamed = [vad.probability(frame) for frame in frames]
     np.testing.assert_allclose(streamed, expected.reshape(-1), atol=1e-5)
+
+
+def test_the_shipped_model_is_the_silero_vad_release_byte_for_byte():
+    assert file_sha256(silero_model_path()) == SILERO_ONNX_SHA256
+    try:
+        released = silero_package_data() / "silero_vad.onnx"
+    except FileNotFoundError:
+        pytest.skip("silero-vad is not installed here")
+    assert file_sha256(released) == SILERO_ONNX_SHA256
