@@ -144,3 +144,15 @@ def test_config_with_an_unknown_key_is_rejected() -> None:
         ModelCatalogue.from_config({"fast": {"source": "x", "beams": 3}})
     with pytest.raises(ValueError, match="unknown keys"):
         ModelCatalogue.from_config({"fast": {"source": "x", "alias": "slow"}})
+
+
+def test_the_encoder_window_and_batch_size_are_set_per_model() -> None:
+    config = {"gpu": {"source": "/models/large", "encoder_window": "fit", "window_margin_s": 0.5,
+                      "window_buckets_s": [4, 8, 30], "max_batch": 16}}
+    spec = ModelCatalogue.from_config(config).spec("gpu")
+    assert (spec.encoder_window, spec.window_margin_s, spec.max_batch) == ("fit", 0.5, 16)
+    assert spec.window_buckets_s == (4.0, 8.0, 30.0)
+    with pytest.raises(ValueError, match="encoder_window"):
+        ModelCatalogue.from_config({"x": {"source": "/m", "encoder_window": "half"}})
+    with pytest.raises(ValueError, match="max_batch"):
+        ModelCatalogue.from_config({"x": {"source": "/m", "max_batch": 0}})

@@ -17,10 +17,12 @@ import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
+from dalston.actors.direct_decode import DirectWhisper, Job, JobOutput, RawSegment, Thresholds
+from dalston.actors.encoder_window import FULL_WINDOW_FRAMES, WindowPolicy, window_frames
 from dalston.actors.models import ResolvedModel
 from dalston.wer import normalize_words, word_key
 
@@ -55,7 +57,10 @@ class DecodeResult:
     segments: tuple[DecodedSegment, ...]
     language: str
     duration_s: float
-    decode_s: float
+    decode_s: float  # of the whole call (a batch's members share it)
+    window_frames: int = 0  # encoder input length of the output kept; 0: not decoded (too quiet)
+    degenerate: str | None = None  # what was wrong with the first output, if anything
+    redone: bool = False  # decoded again with the full 30 s window because of it
 
 
 @dataclass(frozen=True)
@@ -78,6 +83,31 @@ class DecoderOptions:
     max_tokens_per_s: float = 16.0
     min_max_tokens: int = 24
     guards: GuardOptions = field(default_factory=GuardOptions)
+
+
+class Utterance(Protocol):
+    """What `decode_batch` needs of one request (the transcriber's DecodeRequest has it)."""
+
+    @property
+    def audio(self) -> np.ndarray: ...
+    @property
+    def final(self) -> bool: ...
+    @property
+    def word_timestamps(self) -> bool: ...
+    @property
+    def language(self) -> str | None: ...
+    @property
+    def offset_s(self) -> float: ...
+
+
+@dataclass(frozen=True, eq=False)
+class _Single:
+    audio: np.ndarray
+    final: bool
+    word_timestamps: bool
+    language: str | None
+    offset_s: float
+    prompt: str | None = None
 
 
 # ---------------------------------------------------------------- pure guards
@@ -192,28 +222,41 @@ def join_text(segments: Sequence[DecodedSegment]) -> str:
 
 
 class WhisperDecoder:
-    """One loaded faster-whisper model; `decode` may be called from many threads at once."""
+    """One loaded faster-whisper model; `decode` and `decode_batch` may be called from many threads at once."""
 
-    def __init__(self, resolved: ResolvedModel, options: DecoderOptions | None = None, *, num_workers: int = 1) -> None:
+    def __init__(self, resolved: ResolvedModel, options: DecoderOptions | None = None, *, num_workers: int = 1,
+                 policy: WindowPolicy | None = None) -> None:
         from faster_whisper import WhisperModel  # heavy import, paid only by processes that decode
 
         spec = resolved.spec
         self.spec = spec
         self.options = options or DecoderOptions()
+        self.policy = policy or WindowPolicy(spec.encoder_window, spec.window_margin_s, spec.window_buckets_s)
+        self.max_batch = spec.max_batch
         started = time.perf_counter()
         # A folder path, never a hub name: WhisperModel only downloads when given something else.
         self._model = WhisperModel(str(resolved.path), device=spec.device, compute_type=spec.compute_type,
                                    cpu_threads=spec.cpu_threads, num_workers=num_workers,
                                    local_files_only=True)
+        guards = self.options.guards
+        self._direct = DirectWhisper(
+            self._model, self.policy, temperatures=self.options.final_temperatures, token_budget=self._token_budget,
+            thresholds=Thresholds(guards.no_speech_threshold, guards.log_prob_threshold,
+                                  guards.compression_ratio_threshold))
         self.load_s = time.perf_counter() - started
         self._lock = threading.Lock()
-        self._decodes = 0
-        self._skipped = 0
+        self._counts = {"decodes": 0, "skipped_quiet": 0, "batches": 0, "finals_redone": 0,
+                        "degenerate": 0}
         self._decode_s_total = 0.0
 
     @property
     def multilingual(self) -> bool:
         return bool(self._model.model.is_multilingual)
+
+    def batch_key(self, samples: int) -> int:
+        """Requests with equal keys may share one `decode_batch`: their encoder windows are the same length, so
+        each result is the one it would get alone."""
+        return window_frames(self._direct.content_frames(samples), self.policy)
 
     def decode(self, audio_f32_16k: np.ndarray, *, final: bool, word_timestamps: bool,
                language: str | None, offset_s: float, prompt: str | None = None,
@@ -223,38 +266,73 @@ class WhisperDecoder:
         Finals use the spec's beam size unless `beam_size` says otherwise (and word timestamps when asked);
         partials are greedy, no words.
         """
-        started = time.perf_counter()
         audio = np.ascontiguousarray(audio_f32_16k, dtype=np.float32).reshape(-1)
-        duration_s = audio.size / SAMPLE_RATE
-        language = language if language not in (None, "", "auto") else self.spec.language
-        if rms(audio) < self.options.min_rms:
-            self._count(skipped=True, decode_s=0.0)
-            return DecodeResult("", (), language or "", duration_s, time.perf_counter() - started)
-        beam_size = beam_size or (self.spec.beam_size if final else 1)
-        raw, detected = self._transcribe(audio, final=final, word_timestamps=final and word_timestamps,
-                                         language=language, prompt=prompt, beam_size=beam_size)
+        return self.decode_batch([_Single(audio, final, word_timestamps, language, offset_s, prompt)],
+                                 beam_size=beam_size)[0]
+
+    def decode_batch(self, requests: Sequence[Utterance], *, beam_size: int | None = None) -> list[DecodeResult]:
+        """Decode several utterances of one kind (all finals or all partials) in one encoder and one generate
+        call. Each request may carry `stable_prefix` (its utterance's stable partial) and `prompt`."""
+        started = time.perf_counter()
+        results: list[DecodeResult | None] = [None] * len(requests)
+        jobs: dict[int, Job] = {}
+        for i, request in enumerate(requests):
+            audio = np.ascontiguousarray(request.audio, dtype=np.float32).reshape(-1)
+            language = request.language if request.language not in (None, "", "auto") else self.spec.language
+            if rms(audio) < self.options.min_rms:
+                results[i] = DecodeResult("", (), language or "", audio.size / SAMPLE_RATE, 0.0)
+                continue
+            beam = beam_size or (self.spec.beam_size if request.final else 1)
+            jobs[i] = Job(audio, request.final, request.final and request.word_timestamps, language,
+                          getattr(request, "prompt", None), beam, getattr(request, "stable_prefix", "") or "",
+                          timestamps=request.final or self.policy.mode == "fit")
+        long = [i for i, job in jobs.items() if self._direct.content_frames(job.audio.size) > FULL_WINDOW_FRAMES]
+        for i in long:  # beyond one window (the VAD cuts before that): faster-whisper's sequential windows
+            results[i] = self._decode_long(jobs.pop(i), requests[i].offset_s)
+        outputs = self._direct.run(list(jobs.values()))
+        for (i, job), output in zip(jobs.items(), outputs, strict=True):
+            results[i] = self._finish(job, output, requests[i].offset_s)
+        decode_s = time.perf_counter() - started
+        self._count(results, outputs, decode_s)
+        return [replace(result, decode_s=decode_s) for result in results if result is not None]
+
+    def _finish(self, job: Job, output: JobOutput, offset_s: float) -> DecodeResult:
+        duration_s = job.audio.size / SAMPLE_RATE
+        raw = [_from_raw(segment) for segment in output.segments]
         guarded = clamp_segments(apply_guards(raw, self.options.guards), duration_s)
         segments = tuple(shift_segment(segment, offset_s) for segment in guarded)
-        decode_s = time.perf_counter() - started
-        self._count(skipped=False, decode_s=decode_s)
-        return DecodeResult(join_text(segments), segments, detected, duration_s, decode_s)
+        return DecodeResult(join_text(segments), segments, output.language, duration_s, 0.0,
+                            window_frames=output.window_frames, degenerate=output.degenerate,
+                            redone=output.redone)
+
+    def _decode_long(self, job: Job, offset_s: float) -> DecodeResult:
+        duration_s = job.audio.size / SAMPLE_RATE
+        raw, detected = self._transcribe(job.audio, final=job.final, word_timestamps=job.word_timestamps,
+                                         language=job.language, prompt=job.prompt, beam_size=job.beam_size)
+        guarded = clamp_segments(apply_guards(raw, self.options.guards), duration_s)
+        segments = tuple(shift_segment(segment, offset_s) for segment in guarded)
+        return DecodeResult(join_text(segments), segments, detected, duration_s, 0.0,
+                            window_frames=FULL_WINDOW_FRAMES)
 
     def warm_up(self) -> float:
-        """Decode one second of silence (bypassing the energy floor) so the first request pays no setup."""
+        """Decode one second of noise (the energy floor would skip silence) so the first request pays no setup."""
         started = time.perf_counter()
-        self._transcribe(np.zeros(SAMPLE_RATE, dtype=np.float32), final=False, word_timestamps=False,
-                         language=self.spec.language, prompt=None)
+        noise = np.random.default_rng(0).normal(0, 0.05, SAMPLE_RATE).astype(np.float32)
+        self.decode(noise, final=True, word_timestamps=True, language=self.spec.language, offset_s=0.0)
         return time.perf_counter() - started
 
     def statistics(self) -> dict[str, float | int | str]:
         with self._lock:
-            return {"alias": self.spec.alias, "decodes": self._decodes, "skipped_quiet": self._skipped,
+            return {"alias": self.spec.alias, **self._counts, "encoder_window": self.policy.mode,
                     "decode_s_total": round(self._decode_s_total, 3), "load_s": round(self.load_s, 3)}
 
-    def _count(self, *, skipped: bool, decode_s: float) -> None:
+    def _count(self, results: Sequence[DecodeResult | None], outputs: Sequence[JobOutput], decode_s: float) -> None:
         with self._lock:
-            self._decodes += 1
-            self._skipped += int(skipped)
+            self._counts["decodes"] += len(results)
+            self._counts["batches"] += 1
+            self._counts["skipped_quiet"] += sum(1 for r in results if r is not None and r.window_frames == 0)
+            self._counts["finals_redone"] += sum(1 for o in outputs if o.redone)
+            self._counts["degenerate"] += sum(1 for o in outputs if o.degenerate)
             self._decode_s_total += decode_s
 
     def _token_budget(self, duration_s: float) -> int:
@@ -277,6 +355,13 @@ class WhisperDecoder:
             max_new_tokens=self._token_budget(audio.size / SAMPLE_RATE))
         converted = [_convert(segment) for segment in segments]  # the generator runs the decode
         return converted, info.language
+
+
+def _from_raw(segment: RawSegment) -> DecodedSegment:
+    words = None if segment.words is None else tuple(
+        Word(word, start_s, end_s, probability) for word, start_s, end_s, probability in segment.words)
+    return DecodedSegment(segment.start_s, segment.end_s, segment.text, segment.avg_logprob,
+                          segment.no_speech_prob, words, segment.compression_ratio)
 
 
 def _convert(segment: Any) -> DecodedSegment:

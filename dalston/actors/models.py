@@ -69,6 +69,11 @@ class ModelSpec:
     language: str | None = None
     sha256: Mapping[str, str] = field(default_factory=dict, hash=False)
     allow_hub: bool = False
+    # The encoder input: "fit" cuts it to the utterance + margin, rounded up to a bucket; "full" is 30 s.
+    encoder_window: str = "full"
+    window_margin_s: float = 1.0
+    window_buckets_s: tuple[float, ...] = (5.0, 10.0, 15.0, 20.0, 30.0)
+    max_batch: int = 4  # utterances decoded together in one generate call (GPU: larger)
 
     @classmethod
     def from_mapping(cls, alias: str, values: Mapping[str, Any]) -> ModelSpec:
@@ -82,6 +87,12 @@ class ModelSpec:
         options = dict(values)
         if "sha256" in options:
             options["sha256"] = dict(options["sha256"])
+        if "window_buckets_s" in options:
+            options["window_buckets_s"] = tuple(float(b) for b in options["window_buckets_s"])
+        if options.get("encoder_window", "fit") not in ("fit", "full"):
+            raise ValueError(f"models.{alias}: encoder_window must be 'fit' or 'full'")
+        if int(options.get("max_batch", 1)) < 1:
+            raise ValueError(f"models.{alias}: max_batch must be at least 1")
         if options.get("language") in ("", "auto"):
             options["language"] = None
         builtin = _BUILTIN_BY_SOURCE.get(options["source"])
