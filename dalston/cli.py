@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -34,14 +35,12 @@ def _parser() -> argparse.ArgumentParser:
     worker.add_argument("--capacity", type=int)
     worker.add_argument("--models", help="comma-separated model aliases, e.g. fast,accurate")
 
-    tree = commands.add_parser("tree", help="the live actor trees of one node or of the cluster")
-    where = tree.add_mutually_exclusive_group(required=True)
-    where.add_argument("--url", help="a worker's HTTP address, e.g. http://127.0.0.1:8100")
-    where.add_argument("--redis-url")
+    tree = commands.add_parser("tree", help="the live actor trees of every node (or of one worker)")
+    _inspect_flags(tree)
     tree.add_argument("--json", action="store_true")
 
     workers = commands.add_parser("workers", help="the registered worker nodes")
-    workers.add_argument("--redis-url", required=True)
+    _inspect_flags(workers)
     workers.add_argument("--json", action="store_true")
 
     stream = commands.add_parser("stream", help="stream a WAV file and print the transcript as it appears")
@@ -60,6 +59,14 @@ def _server_flags(parser: argparse.ArgumentParser, default_port: int) -> None:
     parser.add_argument("--host")
     parser.add_argument("--port", type=int)
     parser.add_argument("--config", type=Path)
+
+
+def _inspect_flags(parser: argparse.ArgumentParser) -> None:
+    where = parser.add_mutually_exclusive_group()
+    where.add_argument("--url", help="a gateway (default http://127.0.0.1:8000, what `serve` listens on) or a worker")
+    where.add_argument("--redis-url", help="read the registry and every live worker directly")
+    parser.add_argument("--api-key", default=os.environ.get("DALSTON_API_KEY"),
+                        help="the gateway's API key when it has keys (default: $DALSTON_API_KEY)")
 
 
 def _config(args: argparse.Namespace) -> Config:

@@ -98,10 +98,10 @@ class _LivePrinter:
 async def tree(args: argparse.Namespace) -> int:
     from dalston.inspect import show_trees
 
-    return await show_trees(url=args.url, redis_url=args.redis_url, as_json=args.json)
+    return await show_trees(url=args.url, redis_url=args.redis_url, as_json=args.json, api_key=args.api_key)
 
 
 async def workers(args: argparse.Namespace) -> int:
     from dalston.inspect import show_workers
 
-    return await show_workers(redis_url=args.redis_url, as_json=args.json)
+    return await show_workers(redis_url=args.redis_url, as_json=args.json, url=args.url, api_key=args.api_key)

@@ -1,18 +1,17 @@
 """`dalston tree` and `dalston workers`: what the operator sees of live nodes (DESIGN §4, §8).
 
-`tree` reads a worker's `GET /v1/tree` (one `--url`, or every worker in the registry) and draws each actor
-tree like `pstree`; `workers` lists the registry's workers in a table. `--json` prints the same data instead.
+Both read the address the operator knows: a gateway (or `dalston serve`), by default http://127.0.0.1:8000,
+which answers for every node it can place sessions on; `--url` may also name one worker. With `--redis-url`
+they read the registry and fetch each live worker themselves. `tree` draws each actor tree like `pstree`;
+`workers` lists the workers in a table. `--json` prints the same data instead.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import sys
 import time
-from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import aiohttp
 from rich.console import Console
@@ -23,40 +22,23 @@ from rich.tree import Tree
 from dalston.config import load_config
 from dalston.supervisor.redis_registry import RedisRegistry
 from dalston.supervisor.registry import RegistryUnavailable, WorkerRecord
+from dalston.web.introspection import (
+    WorkerTree,
+    cluster_trees,
+    get_json,
+    http_base,
+    link_headers,
+    worker_json,
+)
 
-FETCH_TIMEOUT_S = 5.0
+DEFAULT_URL = "http://127.0.0.1:8000"
 STATUS_STYLES = {"running": "green", "starting": "yellow", "stopping": "yellow", "stopped": "red"}
 
-
-@dataclass(frozen=True)
-class WorkerTree:
-    """One worker's answer to `/v1/tree`, or why there is none."""
-
-    url: str  # the worker's HTTP base
-    worker: dict[str, Any] | None = None
-    tree: dict[str, Any] | None = None
-    error: str | None = None
-
-    def to_json(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+__all__ = ["DEFAULT_URL", "WorkerTree", "http_base", "show_trees", "show_workers"]
 
 
-def http_base(endpoint: str) -> str:
-    """The HTTP base of a worker whose link endpoint is `ws://host:port[/path]`."""
-    parts = urlsplit(endpoint)
-    scheme = {"ws": "http", "wss": "https"}.get(parts.scheme, parts.scheme)
-    return urlunsplit((scheme, parts.netloc, "", "", ""))
-
-
-async def fetch_tree(http: aiohttp.ClientSession, url: str) -> WorkerTree:
-    base = url.rstrip("/")
-    try:
-        async with http.get(f"{base}/v1/tree", timeout=aiohttp.ClientTimeout(total=FETCH_TIMEOUT_S)) as response:
-            response.raise_for_status()
-            data = await response.json()
-    except (aiohttp.ClientError, TimeoutError, ValueError) as error:
-        return WorkerTree(base, error=f"{type(error).__name__}: {error}".rstrip(": "))
-    return WorkerTree(base, worker=data.get("worker"), tree=data.get("tree"))
+class Unreadable(Exception):
+    """The address answered nothing usable; the message says why, for the operator."""
 
 
 def open_registry(redis_url: str) -> RedisRegistry:
@@ -72,19 +54,47 @@ async def list_workers(redis_url: str) -> list[WorkerRecord]:
         await registry.close()
 
 
-async def show_trees(url: str | None, redis_url: str | None, as_json: bool) -> int:
-    """Print the live tree of the worker at `url`, or of every live worker in the registry at `redis_url`."""
-    if url is not None:
-        urls = [url]
-    else:
-        assert redis_url is not None, "give url or redis_url"
-        try:
-            urls = [http_base(w.endpoint) for w in await list_workers(redis_url) if w.alive]
-        except RegistryUnavailable as error:
-            print(f"dalston: cannot read the registry at {redis_url}: {error}", file=sys.stderr)
-            return 1
+def _headers(api_key: str | None) -> dict[str, str]:
+    """A gateway wants the API key (when it has keys); a worker wants the link token (from the configuration)."""
+    return {"X-API-Key": api_key} if api_key else link_headers(load_config().node.link_token)
+
+
+async def _read(http: aiohttp.ClientSession, url: str, api_key: str | None) -> Any:
+    try:
+        return await get_json(http, url, _headers(api_key))
+    except aiohttp.ClientResponseError as error:
+        if error.status == 401:
+            raise Unreadable(f"{url} needs an API key (--api-key or DALSTON_API_KEY)") from error
+        raise Unreadable(f"{url} answered {error.status} {error.message}") from error
+    except (aiohttp.ClientError, TimeoutError, ValueError) as error:
+        raise Unreadable(f"cannot read {url}: {type(error).__name__}: {error}".rstrip(": ")) from error
+
+
+async def trees_at(http: aiohttp.ClientSession, url: str, api_key: str | None = None) -> list[WorkerTree]:
+    """The trees a gateway serves, or the one tree of a worker, at `url`."""
+    base = url.rstrip("/")
+    try:
+        data = await _read(http, f"{base}/v1/tree", api_key)
+    except Unreadable as error:
+        return [WorkerTree(base, error=str(error))]
+    if isinstance(data, dict) and isinstance(data.get("trees"), list):
+        return [WorkerTree.from_json(t) for t in data["trees"]]
+    return [WorkerTree(base, worker=data.get("worker"), tree=data.get("tree"))]
+
+
+async def show_trees(url: str | None, redis_url: str | None, as_json: bool, api_key: str | None = None) -> int:
+    """Print the live trees behind `url` (a gateway or a worker; default the local gateway), or of every live
+    worker in the registry at `redis_url`."""
     async with aiohttp.ClientSession() as http:
-        trees = [await fetch_tree(http, u) for u in urls]
+        if redis_url is None:
+            trees = await trees_at(http, url or DEFAULT_URL, api_key)
+        else:
+            try:
+                workers = await list_workers(redis_url)
+            except RegistryUnavailable as error:
+                print(f"dalston: cannot read the registry at {redis_url}: {error}", file=sys.stderr)
+                return 1
+            trees = await cluster_trees(http, workers, load_config().node.link_token)
     if as_json:
         print(json.dumps([t.to_json() for t in trees], indent=2))
     else:
@@ -92,39 +102,59 @@ async def show_trees(url: str | None, redis_url: str | None, as_json: bool) -> i
     return 1 if any(t.error for t in trees) else 0
 
 
-async def show_workers(redis_url: str, as_json: bool) -> int:
-    """Print the registry's workers: status, capacity, active sessions, models, heartbeat age."""
+async def workers_at(url: str, api_key: str | None = None) -> list[dict[str, Any]]:
+    """A gateway's `/v1/workers`; a worker (which has none) answers for itself from `/healthz`."""
+    base = url.rstrip("/")
+    async with aiohttp.ClientSession() as http:
+        try:
+            return list((await _read(http, f"{base}/v1/workers", api_key))["workers"])
+        except Unreadable as error:
+            if "answered 404" not in str(error):
+                raise
+            health = await _read(http, f"{base}/healthz", api_key)
+    if "worker_id" not in health:
+        raise Unreadable(f"{base} is neither a Dalston gateway nor a worker")
+    return [{**health, "endpoint": base, "alive": True, "last_heartbeat": None, "started_at": None}]
+
+
+async def show_workers(redis_url: str | None = None, as_json: bool = False, url: str | None = None,
+                       api_key: str | None = None) -> int:
+    """Print the workers: status, capacity, active sessions, models, heartbeat age."""
     try:
-        workers = await list_workers(redis_url)
+        if redis_url is not None:
+            now = time.time()
+            rows = [worker_json(w, now) for w in await list_workers(redis_url)]
+        else:
+            rows = await workers_at(url or DEFAULT_URL, api_key)
     except RegistryUnavailable as error:
         print(f"dalston: cannot read the registry at {redis_url}: {error}", file=sys.stderr)
         return 1
-    now = time.time()
+    except Unreadable as error:
+        print(f"dalston: {error}", file=sys.stderr)
+        return 1
     if as_json:
-        print(json.dumps([worker_json(w, now) for w in workers], indent=2))
+        print(json.dumps(rows, indent=2))
     else:
-        _console().print(workers_table(workers, now))
+        _console().print(workers_table(rows))
     return 0
 
 
-def worker_json(worker: WorkerRecord, now: float) -> dict[str, Any]:
-    data = dataclasses.asdict(worker)
-    data.update(status=str(worker.status), models=list(worker.models), free_slots=worker.free_slots,
-                heartbeat_age_s=round(now - worker.last_heartbeat, 1))
-    return data
-
-
-def workers_table(workers: list[WorkerRecord], now: float) -> Table:
-    table = Table(title=f"{len(workers)} worker(s)")
+def workers_table(rows: list[dict[str, Any]]) -> Table:
+    """Rows as `worker_json` writes them (from the registry, or a gateway's `/v1/workers`)."""
+    now = time.time()
+    table = Table(title=f"{len(rows)} worker(s)")
     for column in ("worker", "endpoint", "status", "alive", "sessions", "models", "heartbeat", "up"):
         table.add_column(column, justify="right" if column in ("sessions", "heartbeat", "up") else "left")
-    for w in workers:
-        status_style = "green" if w.status == "ready" else "yellow" if w.status == "draining" else "red"
+    for w in rows:
+        status = str(w.get("status"))
+        status_style = "green" if status == "ready" else "yellow" if status == "draining" else "red"
+        age_s, started_at = w.get("heartbeat_age_s"), w.get("started_at")
         table.add_row(
-            w.worker_id, w.endpoint, Text(str(w.status), style=status_style),
-            Text("yes", style="green") if w.alive else Text("no", style="red"),
-            f"{w.active_sessions}/{w.capacity}", ", ".join(w.models),
-            f"{now - w.last_heartbeat:.1f}s ago", _duration(now - w.started_at),
+            str(w.get("worker_id")), str(w.get("endpoint")), Text(status, style=status_style),
+            Text("yes", style="green") if w.get("alive") else Text("no", style="red"),
+            f"{w.get('active_sessions')}/{w.get('capacity')}", ", ".join(w.get("models") or []),
+            "-" if age_s is None else f"{age_s:.1f}s ago",
+            "-" if started_at is None else _duration(now - float(started_at)),
         )
     return table
 

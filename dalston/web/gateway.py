@@ -36,6 +36,7 @@ from dalston.supervisor.router import SessionRouter
 from dalston.web.auth import ApiKeys
 from dalston.web.link import LINK_LOST, LinkRefused, RemoteSessionRef, open_link
 from dalston.web.metrics import GatewayMetrics
+from dalston.web.ops import OpsSources, add_ops_routes
 from dalston.web.page import add_page_routes
 
 log = structlog.get_logger(__name__)
@@ -90,6 +91,7 @@ def create_gateway_app(config: Config, registry: NodeRegistry) -> web.Applicatio
     app.router.add_get("/readyz", ready_handler)
     app.router.add_get("/metrics", state.metrics.handler)
     add_page_routes(app)
+    add_ops_routes(app, OpsSources(registry, keys, config.node.link_token))
     app.cleanup_ctx.append(_http_client)
     app.on_shutdown.append(_close_sockets)
     return app

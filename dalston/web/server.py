@@ -106,7 +106,7 @@ async def serve(config: Config) -> None:
     async with running_worker(worker_config, registry) as node, running_gateway(config, registry) as port:
         print(f"dalston: listening on ws://{config.server.host}:{port}/v1/audio/transcriptions/stream", flush=True)
         print(f"dalston: worker node at {node.endpoint.replace('ws://', 'http://')} "
-              f"(dalston tree --url {node.endpoint.replace('ws://', 'http://')})", flush=True)
+              f"(dalston tree --url http://{config.server.host}:{port}; operations page at /ops)", flush=True)
         await wait_for_signal()
         log.info("serve.stopping")
     await registry.close()
