@@ -211,3 +211,130 @@ async def test_finals_with_others_waiting_behind_them_are_decoded_greedily_and_a
     assert transcriber.statistics().extra["greedy_finals"] == 1
     await transcriber.stop()
     await inbox_ref.stop()
+
+
+# ---------------------------------------------------------------- batching across sessions
+
+
+class BatchingDecoder(GatedDecoder):
+    """A model interface that decodes batches: records each call's members; the key is the audio length."""
+
+    def __init__(self, max_batch: int = 4) -> None:
+        super().__init__()
+        self.max_batch = max_batch
+        self.calls: list[list[tuple[str, bool]]] = []
+        self.called = threading.Condition()
+
+    def wait_for_calls(self, count: int) -> bool:
+        with self.called:
+            return self.called.wait_for(lambda: len(self.calls) >= count, timeout=5)
+
+    def batch_key(self, samples: int) -> int:
+        return samples
+
+    def decode_batch(self, requests: list[DecodeRequest], *, beam_size: int | None = None) -> list[str]:
+        with self.called:
+            self.calls.append([(r.session_id, r.final) for r in requests])
+            self.beams.append(beam_size)
+            self.called.notify_all()
+        self.gate.wait(5)
+        return [f"text of {r.session_id}" for r in requests]
+
+
+def sized(inbox: ActorRef, session: int, request_id: int, final: bool, samples: int = 2) -> DecodeRequest:
+    audio = np.zeros(samples, dtype=np.float32)
+    audio[0] = session
+    return DecodeRequest(f"s{session}", 1, request_id, audio, 0.0, final, inbox)
+
+
+async def start_batching(decoder: BatchingDecoder, threads: int = 1) -> tuple[ActorRef, ActorRef, Inbox]:
+    inbox = Inbox()
+    inbox_ref = await spawn(inbox, "inbox")
+    transcriber = await spawn(TranscriberActor("fake", lambda: decoder, inference_threads=threads), "transcriber")
+    return transcriber, inbox_ref, inbox
+
+
+async def test_finals_waiting_at_the_same_moment_are_decoded_in_one_call_up_to_max_batch() -> None:
+    decoder = BatchingDecoder(max_batch=4)
+    transcriber, inbox_ref, inbox = await start_batching(decoder)
+    await transcriber.tell(sized(inbox_ref, 0, 1, final=True))  # occupies the only thread
+    for session in range(1, 7):
+        await transcriber.tell(sized(inbox_ref, session, 1, final=True))
+    await asyncio.sleep(0.05)
+    decoder.gate.set()
+    await wait_for_answers(inbox, 7)
+    assert [len(call) for call in decoder.calls] == [1, 4, 2]
+    assert [s for call in decoder.calls for s, _ in call] == [f"s{i}" for i in range(7)]  # oldest first
+    assert decoder.beams == [None, 1, None]  # the batch with finals behind it is greedy
+    assert {a.session_id: a.result for a in inbox.answers} == {f"s{i}": f"text of s{i}" for i in range(7)}
+    stats = transcriber.statistics().extra
+    assert stats["largest_batch"] == 4 and stats["batches"] == 3
+    await transcriber.stop()
+    await inbox_ref.stop()
+
+
+async def test_a_lone_final_starts_at_once_and_never_waits_for_a_batch_to_fill() -> None:
+    decoder = BatchingDecoder(max_batch=8)
+    transcriber, inbox_ref, inbox = await start_batching(decoder)
+    decoder.gate.set()
+    await transcriber.tell(sized(inbox_ref, 1, 1, final=True))
+    await wait_for_answers(inbox, 1)  # answered with nothing else ever submitted
+    assert decoder.calls == [[("s1", True)]]
+    await transcriber.stop()
+    await inbox_ref.stop()
+
+
+async def test_a_final_is_never_batched_with_or_delayed_by_partials() -> None:
+    decoder = BatchingDecoder(max_batch=8)
+    transcriber, inbox_ref, inbox = await start_batching(decoder, threads=2)
+    await transcriber.tell(sized(inbox_ref, 1, 1, final=False))  # runs on the partials' thread
+    assert await asyncio.to_thread(decoder.wait_for_calls, 1)
+    for session in range(2, 5):
+        await transcriber.tell(sized(inbox_ref, session, 1, final=False))  # wait: partials have one thread
+    await transcriber.tell(sized(inbox_ref, 9, 2, final=True))
+    assert await asyncio.to_thread(decoder.wait_for_calls, 2)  # the final starts while the partial runs
+    assert decoder.calls == [[("s1", False)], [("s9", True)]]
+    decoder.gate.set()
+    await wait_for_answers(inbox, 5)
+    assert decoder.calls[2:] == [[("s2", False), ("s3", False), ("s4", False)]]  # then one partial batch
+    await transcriber.stop()
+    await inbox_ref.stop()
+
+
+async def test_queued_finals_go_before_queued_partials_and_batches_never_mix_kinds_or_windows() -> None:
+    decoder = BatchingDecoder(max_batch=8)
+    transcriber, inbox_ref, inbox = await start_batching(decoder)
+    await transcriber.tell(sized(inbox_ref, 0, 1, final=True))  # occupies the only thread
+    await transcriber.tell(sized(inbox_ref, 1, 1, final=False))
+    await transcriber.tell(sized(inbox_ref, 2, 1, final=True))
+    await transcriber.tell(sized(inbox_ref, 3, 1, final=True, samples=5))  # another encoder window
+    await transcriber.tell(sized(inbox_ref, 4, 1, final=False))
+    await transcriber.tell(sized(inbox_ref, 5, 1, final=True))
+    await asyncio.sleep(0.05)
+    decoder.gate.set()
+    await wait_for_answers(inbox, 6)
+    assert decoder.calls == [[("s0", True)], [("s2", True), ("s5", True)], [("s3", True)],
+                             [("s1", False), ("s4", False)]]
+    await transcriber.stop()
+    await inbox_ref.stop()
+
+
+@given(st.lists(st.tuples(st.integers(0, 5), st.booleans(), st.integers(0, 2)), max_size=30),
+       st.integers(1, 5))
+def test_a_batch_holds_one_kind_one_key_at_most_limit_requests_and_each_request_once(
+    submissions: list[tuple[int, bool, int]], limit: int,
+) -> None:
+    queue: DecodeQueue[Req] = DecodeQueue()
+    keys = {}
+    for n, (session, final, key) in enumerate(submissions):
+        queue.submit(Req(f"s{session}", 1, n, final))
+        keys[n] = key
+    served: list[int] = []
+    while (first := queue.next()) is not None:
+        batch = queue.take_batch(first, limit, lambda r, k=keys[first.request_id]: keys[r.request_id] == k)
+        assert 1 <= len(batch) <= limit and batch[0] is first
+        assert len({r.final for r in batch}) == 1 and len({keys[r.request_id] for r in batch}) == 1
+        assert len({r.session_id for r in batch}) == len(batch) or first.final
+        served += [r.request_id for r in batch]
+    assert len(served) == len(set(served))
+    assert len(served) == len(submissions) - queue.statistics().partials_replaced

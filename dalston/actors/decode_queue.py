@@ -3,13 +3,14 @@
 Finals are served first-come first-served, so no final ever waits behind a partial. A session has at most one
 partial queued: a newer request replaces the older one, and partials of an utterance that has ended are dropped.
 Among partials, the one waiting longest goes first, so under load every session's interim text thins out evenly.
+Requests of one kind waiting at the same moment can be taken together as one batch (`take_batch`).
 The caller says whether a partial may start at all and which sessions already have one running.
 """
 
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Container
+from collections.abc import Callable, Container
 from dataclasses import dataclass
 from typing import Generic, Protocol, TypeVar
 
@@ -66,6 +67,27 @@ class DecodeQueue(Generic[R]):
                 if session_id not in busy_sessions:
                     return self._partials.pop(session_id)
         return None
+
+    def take_batch(self, first: R, limit: int, same_batch: Callable[[R], bool],
+                   busy_sessions: Container[str] = ()) -> list[R]:
+        """`first` (just served by `next`) and up to `limit` - 1 more requests of its kind already queued for
+        which `same_batch` holds, oldest first. Only what is waiting now: a batch never waits to fill."""
+        batch = [first]
+        if first.final:
+            for request in list(self._finals):
+                if len(batch) >= limit:
+                    break
+                if same_batch(request):
+                    self._finals.remove(request)
+                    batch.append(request)
+            return batch
+        for session_id, request in list(self._partials.items()):
+            if len(batch) >= limit:
+                break
+            if session_id not in busy_sessions and session_id != first.session_id and same_batch(request):
+                del self._partials[session_id]
+                batch.append(request)
+        return batch
 
     def utterance_ended(self, session_id: str, utterance_id: int) -> None:
         """Drop the session's queued partial if it belongs to an utterance that has ended."""

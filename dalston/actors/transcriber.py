@@ -3,6 +3,10 @@
 Sessions `tell` it a `DecodeRequest` naming where the answer goes; it queues requests in a `DecodeQueue`
 (finals before partials, partials latest-wins per session), runs at most `inference_threads` decodes at once
 in its own thread pool, and tells each result back as `Decoded`. Blocking inference never runs on the loop.
+
+Batching: when a thread frees up and the model can decode batches (`decode_batch`), the requests of one kind
+that are waiting at that moment and share a batch key (the same encoder window length) go to the model in one
+call, up to the model's `max_batch`. A lone final starts at once: nothing ever waits for a batch to fill.
 """
 
 from __future__ import annotations
@@ -10,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Hashable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -39,6 +43,16 @@ class Decoder(Protocol):
     ) -> Any: ...
 
 
+class BatchDecoder(Decoder, Protocol):
+    """A model that also decodes several requests in one call (the real `WhisperDecoder`)."""
+
+    max_batch: int
+
+    def batch_key(self, samples: int) -> Hashable: ...
+
+    def decode_batch(self, requests: Sequence[Any], *, beam_size: int | None = None) -> list[Any]: ...
+
+
 @dataclass(frozen=True, eq=False)
 class DecodeRequest:
     """Decode `audio` (float32, 16 kHz) of one utterance; `reply_to` receives a `Decoded`."""
@@ -53,6 +67,7 @@ class DecodeRequest:
     word_timestamps: bool = False
     language: str | None = None
     submitted_at: float = field(default_factory=time.monotonic)
+    stable_prefix: str = ""  # the utterance's stable partial text: a final contradicting it is decoded again
 
 
 @dataclass(frozen=True)
@@ -114,7 +129,11 @@ class TranscriberActor(Actor):
         # Sessions with a partial decode running. Partials get at most threads - 1 threads, so a final never
         # waits for a whole partial decode to finish before it can start.
         self._partial_sessions: set[str] = set()
+        self._partial_batches = 0  # running partial decodes (each a batch of one or more sessions)
         self._max_partials = max(1, inference_threads - 1)
+        self._batches = 0
+        self._batched_requests = 0
+        self._largest_batch = 0
         self._pool: ThreadPoolExecutor | None = None
         self._decoder: Decoder | None = None
         self._decodes = {"final": 0, "partial": 0, "failed": 0}
@@ -144,47 +163,71 @@ class TranscriberActor(Actor):
 
     def _dispatch(self) -> None:
         while len(self._running) < self._threads:
-            request = self._queue.next(allow_partials=len(self._partial_sessions) < self._max_partials,
-                                       busy_sessions=self._partial_sessions)
-            if request is None:
+            first = self._queue.next(allow_partials=self._partial_batches < self._max_partials,
+                                     busy_sessions=self._partial_sessions)
+            if first is None:
                 return
-            if not request.final:
-                self._partial_sessions.add(request.session_id)
-            # Finals still waiting behind this one: decode it greedily, so the backlog clears ~20% sooner
+            batch = self._batch_with(first)
+            if not first.final:
+                self._partial_batches += 1
+                self._partial_sessions.update(request.session_id for request in batch)
+            # Finals still waiting behind this batch: decode it greedily, so the backlog clears ~20% sooner
             # (on tiny.en the word error of greedy and beam-5 finals was the same on the LibriVox clips).
-            beam_size = 1 if request.final and self._queue.statistics().finals_queued else None
-            self._greedy_finals += beam_size == 1
-            task = asyncio.create_task(self._decode(request, beam_size), name=f"decode:{request.session_id}")
+            beam_size = 1 if first.final and self._queue.statistics().finals_queued else None
+            self._greedy_finals += len(batch) if beam_size == 1 else 0
+            task = asyncio.create_task(self._decode(batch, beam_size), name=f"decode:{first.session_id}")
             self._running.add(task)
 
-    async def _decode(self, request: DecodeRequest, beam_size: int | None) -> None:
+    def _batch_with(self, first: DecodeRequest) -> list[DecodeRequest]:
+        """`first` and the requests of its kind waiting now that fit its encoder window, up to max_batch."""
+        decoder = self._decoder
+        max_batch = getattr(decoder, "max_batch", 1)
+        if max_batch <= 1 or not hasattr(decoder, "decode_batch"):
+            return [first]
+        key = decoder.batch_key(first.audio.size)  # type: ignore[union-attr]
+        batch = self._queue.take_batch(first, max_batch, lambda r: decoder.batch_key(r.audio.size) == key,
+                                       busy_sessions=self._partial_sessions)
+        self._batches += 1
+        self._batched_requests += len(batch)
+        self._largest_batch = max(self._largest_batch, len(batch))
+        return batch
+
+    async def _decode(self, batch: list[DecodeRequest], beam_size: int | None) -> None:
         assert self._pool is not None and self._decoder is not None
         started = time.monotonic()
-        result, error = None, None
+        results: list[Any] = [None] * len(batch)
+        error = None
         try:
-            result = await asyncio.get_running_loop().run_in_executor(self._pool, self._run_decoder, request,
-                                                                      beam_size)
-        except Exception as exc:  # a failed decode is reported to its session; the model stays loaded
+            results = await asyncio.get_running_loop().run_in_executor(self._pool, self._run_decoder, batch,
+                                                                       beam_size)
+        except Exception as exc:  # a failed decode is reported to its sessions; the model stays loaded
             error = f"{type(exc).__name__}: {exc}"
-            log.exception("transcriber.decode_failed", model=self.alias, session_id=request.session_id)
+            log.exception("transcriber.decode_failed", model=self.alias, session_id=batch[0].session_id,
+                          batch=len(batch))
         finished = time.monotonic()
-        self._count(request, error, finished - started, started - request.submitted_at)
-        answer = Decoded(request.session_id, request.utterance_id, request.request_id, request.final, result,
-                         error, started - request.submitted_at, finished - started)
         try:
-            with contextlib.suppress(ActorDead):  # the session may have ended while its decode ran
-                await request.reply_to.tell(answer)
+            for request, result in zip(batch, results, strict=True):
+                self._count(request, error, finished - started, started - request.submitted_at)
+                answer = Decoded(request.session_id, request.utterance_id, request.request_id, request.final,
+                                 result, error, started - request.submitted_at, finished - started)
+                with contextlib.suppress(ActorDead):  # the session may have ended while its decode ran
+                    await request.reply_to.tell(answer)
         finally:
             self._running.discard(asyncio.current_task())  # type: ignore[arg-type]
-            if not request.final:
-                self._partial_sessions.discard(request.session_id)
+            if not batch[0].final:
+                self._partial_batches -= 1
+                self._partial_sessions.difference_update(request.session_id for request in batch)
             with contextlib.suppress(ActorDead):
                 self.ref.send_system(_DecodeFinished())  # wake the dispatcher: a thread is free
 
-    def _run_decoder(self, request: DecodeRequest, beam_size: int | None) -> Any:
-        assert self._decoder is not None
-        return self._decoder.decode(request.audio, final=request.final, word_timestamps=request.word_timestamps,
-                                    language=request.language, offset_s=request.offset_s, beam_size=beam_size)
+    def _run_decoder(self, batch: list[DecodeRequest], beam_size: int | None) -> list[Any]:
+        decoder = self._decoder
+        assert decoder is not None
+        if hasattr(decoder, "decode_batch"):  # even for one: the request's stable_prefix goes with it
+            return list(decoder.decode_batch(batch, beam_size=beam_size))
+        request = batch[0]
+        return [decoder.decode(request.audio, final=request.final, word_timestamps=request.word_timestamps,
+                               language=request.language, offset_s=request.offset_s, beam_size=beam_size)]
 
     def _count(self, request: DecodeRequest, error: str | None, decode_s: float, queued_s: float) -> None:
         kind = "failed" if error else "final" if request.final else "partial"
@@ -212,6 +255,9 @@ class TranscriberActor(Actor):
             "partials_dropped": queue.partials_dropped,
             "decodes": dict(self._decodes),
             "greedy_finals": self._greedy_finals,
+            "batches": self._batches,
+            "mean_batch": round(self._batched_requests / self._batches, 3) if self._batches else None,
+            "largest_batch": self._largest_batch,
             "mean_decode_s": round(sum(self._decode_s_sum.values()) / done, 4) if done else None,
             "decode_s_sum": dict(self._decode_s_sum),
             "queued_s_sum": dict(self._queued_s_sum),
