@@ -94,7 +94,7 @@ async def show_trees(url: str | None, redis_url: str | None, as_json: bool, api_
             except RegistryUnavailable as error:
                 print(f"dalston: cannot read the registry at {redis_url}: {error}", file=sys.stderr)
                 return 1
-            trees = await cluster_trees(http, workers, load_config().node.link_token)
+            trees = await cluster_trees(http, workers, link_headers(load_config().node.link_token))
     if as_json:
         print(json.dumps([t.to_json() for t in trees], indent=2))
     else:

@@ -223,10 +223,16 @@ class SessionActor(Actor):
         """An error that ends the session at once; whatever was already final stays delivered."""
         error = ErrorOccurred(code, message)
         self.last_error = error
-        log.warning("session.failed", session_id=self.session_id, code=str(code), message=message)
         await self._emit(error)
         self._ended = True
-        self.stop_self(ExitReason("error", str(code)))
+        if code is ErrorCode.INTERNAL_ERROR:
+            log.error("session.failed", session_id=self.session_id, code=str(code), message=message)
+            self.stop_self(ExitReason("error", str(code)))
+        else:
+            # The client's mistake, not a crash: a clean exit, so no supervisor or runtime reports it as one.
+            log.warning("session.ended_by_client_error", session_id=self.session_id, code=str(code),
+                        message=message)
+            self.stop_self(ExitReason("normal", str(code)))
 
     # -- voice activity -----------------------------------------------------------------------------------
 

@@ -33,6 +33,7 @@ from dalston.config import Config
 from dalston.logs import bind_context
 from dalston.supervisor.registry import Allocation, NodeRegistry, RegistryUnavailable, SessionInfo, WorkerStatus
 from dalston.supervisor.router import SessionRouter
+from dalston.web.access_log import close_websocket
 from dalston.web.auth import ApiKeys
 from dalston.web.link import LINK_LOST, LinkRefused, RemoteSessionRef, open_link
 from dalston.web.metrics import GatewayMetrics
@@ -106,7 +107,7 @@ async def _http_client(app: web.Application):  # type: ignore[no-untyped-def]
 
 async def _close_sockets(app: web.Application) -> None:
     for ws in list(app[STATE_KEY].sockets):
-        await ws.close(code=aiohttp.WSCloseCode.GOING_AWAY, message=b"server shutting down")
+        await close_websocket(ws, aiohttp.WSCloseCode.GOING_AWAY, b"server shutting down")
 
 
 async def health_handler(request: web.Request) -> web.Response:
@@ -144,7 +145,7 @@ async def stream_handler(request: web.Request) -> web.StreamResponse:
     except ProtocolError as error:
         state.metrics.rejected(error.code)
         await _send_error(ws, error.code, error.message)
-        await ws.close(code=error.code.close_code or 1000)
+        await close_websocket(ws, error.code.close_code or 1000)
     return ws
 
 
@@ -233,9 +234,9 @@ async def _worker_to_client(ws: web.WebSocketResponse, remote: RemoteSessionRef)
     if remote.exit_reason == LINK_LOST:
         log.warning("gateway.worker_lost", worker_id=remote.worker_id)
         await _send_error(ws, ErrorCode.WORKER_LOST, "the worker serving this session stopped answering")
-        await ws.close(code=ErrorCode.WORKER_LOST.close_code or 1011)
+        await close_websocket(ws, ErrorCode.WORKER_LOST.close_code or 1011)
     else:
-        await ws.close(code=remote.close_code or 1000)
+        await close_websocket(ws, remote.close_code or 1000)
 
 
 async def _send_error(ws: web.WebSocketResponse, code: ErrorCode, message: str) -> None:

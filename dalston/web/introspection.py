@@ -94,9 +94,10 @@ async def live_workers(registry: NodeRegistry) -> list[WorkerRecord]:
     return sorted(await registry.list_workers(), key=lambda w: w.worker_id)
 
 
-async def cluster_trees(http: aiohttp.ClientSession, workers: list[WorkerRecord], token: str) -> list[WorkerTree]:
-    """The tree of every live worker, fetched at once (an unreachable one is reported, not skipped)."""
-    headers = link_headers(token)
+async def cluster_trees(http: aiohttp.ClientSession, workers: list[WorkerRecord],
+                        headers: dict[str, str]) -> list[WorkerTree]:
+    """The tree of every live worker, fetched at once (an unreachable one is reported, not skipped);
+    `headers` carry the link token (`link_headers`)."""
     live = [w for w in workers if w.alive]
     return list(await asyncio.gather(*(fetch_worker_tree(http, http_base(w.endpoint), headers) for w in live)))
 

@@ -20,6 +20,7 @@ import aiohttp
 from aiohttp import web
 
 from dalston.supervisor.registry import NodeRegistry, RegistryUnavailable
+from dalston.web.access_log import POLLER_HEADER
 from dalston.web.auth import ApiKeys
 from dalston.web.introspection import (
     WorkerTree,
@@ -53,7 +54,7 @@ class OpsSources:
         return self.http
 
     async def trees(self) -> list[WorkerTree]:
-        return await cluster_trees(self.client(), await live_workers(self.registry), self.link_token)
+        return await cluster_trees(self.client(), await live_workers(self.registry), link_headers(self.link_token))
 
     async def snapshot(self) -> OpsSnapshot:
         """The latest view of the cluster, shared by every open page (refreshed at most once per interval)."""
@@ -65,10 +66,11 @@ class OpsSources:
 
     async def _take(self, previous: OpsSnapshot | None) -> OpsSnapshot:
         workers = await live_workers(self.registry)
-        http, headers = self.client(), link_headers(self.link_token)
+        # Marked as the feed's polling, which workers log at debug level (it comes every second).
+        http, headers = self.client(), {**link_headers(self.link_token), POLLER_HEADER: "ops"}
         live = [w for w in workers if w.alive]
         trees, metrics = await asyncio.gather(
-            cluster_trees(http, workers, self.link_token),
+            cluster_trees(http, workers, headers),
             asyncio.gather(*(fetch_metrics(http, http_base(w.endpoint), headers) for w in live)),
         )
         texts = {w.worker_id: text for w, text in zip(live, metrics, strict=True) if text is not None}

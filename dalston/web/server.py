@@ -21,6 +21,7 @@ from dalston.supervisor.node import WorkerNode
 from dalston.supervisor.reaper import Reaper
 from dalston.supervisor.redis_registry import RedisRegistry
 from dalston.supervisor.registry import NodeRegistry
+from dalston.web.access_log import access_log
 from dalston.web.gateway import create_gateway_app
 from dalston.web.worker import create_worker_app
 
@@ -51,7 +52,8 @@ def open_registry(config: Config) -> NodeRegistry:
 
 
 async def start_site(app: web.Application, host: str, port: int) -> tuple[web.AppRunner, int]:
-    runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=5.0)
+    app.middlewares.append(access_log)  # our structlog line instead of aiohttp's (which would print the query)
+    runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=5.0, access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, host, port)
     await site.start()
