@@ -46,6 +46,7 @@ class OpsSources:
     link_token: str
     interval_s: float = SNAPSHOT_INTERVAL_S
     http: aiohttp.ClientSession | None = None
+    closing: asyncio.Event = field(default_factory=asyncio.Event)  # set on shutdown: open feeds end at once
     _latest: OpsSnapshot | None = None
     _lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
@@ -88,6 +89,11 @@ def add_ops_routes(app: web.Application, sources: OpsSources) -> None:
     app.router.add_get("/v1/ops/events", _guarded(events_handler))
     app.router.add_get("/ops", ops_page_handler)
     app.cleanup_ctx.append(_http_client)
+    app.on_shutdown.append(_end_feeds)
+
+
+async def _end_feeds(app: web.Application) -> None:
+    app[OPS_KEY].closing.set()
 
 
 async def _http_client(app: web.Application) -> AsyncIterator[None]:
@@ -130,18 +136,19 @@ async def snapshot_handler(request: web.Request) -> web.Response:
 
 
 async def events_handler(request: web.Request) -> web.StreamResponse:
-    """Server-sent events: one `snapshot` event per interval until the page goes away."""
+    """Server-sent events: one `snapshot` event per interval until the page goes away or the gateway stops."""
     sources = request.app[OPS_KEY]
     response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
     await response.prepare(request)
-    with contextlib.suppress(ConnectionResetError, RegistryUnavailable):
-        while True:
+    with contextlib.suppress(ConnectionResetError):
+        while not sources.closing.is_set():
             try:
                 data: dict[str, Any] = (await sources.snapshot()).to_json()
             except RegistryUnavailable as error:
                 data = {"error": "registry_unavailable", "message": str(error)}
             await response.write(f"event: snapshot\ndata: {json.dumps(data)}\n\n".encode())
-            await asyncio.sleep(sources.interval_s)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(sources.closing.wait(), sources.interval_s)
     return response
 
 

@@ -4,8 +4,8 @@ and each node's Prometheus text (pure: no I/O, the caller fetches).
 Histograms:
 - final latency: the workers' `dalston_worker_final_latency_seconds` histograms, summed over workers and models;
 - decode time: the transcribers report only the count and total time of their decodes, so each snapshot bins
-  the decodes done since the previous one at their mean time over that interval (per kind). It counts from
-  when this gateway started watching.
+  the decodes done since the previous one at their mean time over that interval (per kind); the first
+  snapshot bins every decode so far at the overall mean.
 """
 
 from __future__ import annotations
@@ -144,8 +144,6 @@ def _decode_time(models: list[dict[str, Any]], previous: OpsSnapshot | None
             key = (row["worker_id"], str(row["actor"]), kind)
             total_s = float(row["decode_s_sum"].get(kind, 0.0))
             totals[key] = (int(count), total_s)
-            if previous is None:
-                continue  # the first look sets the baseline
             last_count, last_s = seen.get(key, (0, 0.0))
             if count < last_count:  # the model actor was restarted: its totals began again
                 last_count, last_s = 0, 0.0
