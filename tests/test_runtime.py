@@ -202,14 +202,15 @@ async def test_stop_runs_on_stop_with_the_given_reason() -> None:
     assert ref.statistics().status == "stopped"
 
 
-async def test_cancelling_an_actor_task_propagates_and_stops_it_as_killed() -> None:
+async def test_cancelling_an_actor_task_propagates_and_stops_it_as_killed_without_on_stop() -> None:
     worker = Worker()
     ref = await spawn(worker, "w")
     assert ref._task is not None
     ref._task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await ref._task
-    assert worker.stopped_with is not None and worker.stopped_with.kind == "killed"
+    assert ref.exit_reason is not None and ref.exit_reason.kind == "killed"
+    assert worker.stopped_with is None  # a kill is brutal: terminate does not run (OTP brutal_kill)
 
 
 async def test_statistics_report_mailbox_depth_bound_and_messages_handled() -> None:

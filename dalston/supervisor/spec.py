@@ -7,6 +7,7 @@ whose state the crash may have left dirty. It receives the number of restarts so
 
 from __future__ import annotations
 
+import math
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from enum import StrEnum
@@ -15,6 +16,8 @@ from typing import Literal
 from dalston.actors.runtime import Actor, ActorRef, spawn
 
 ChildKind = Literal["worker", "supervisor"]
+BRUTAL_KILL = 0.0  # `shutdown_s` that kills at once, without `on_stop` (OTP `brutal_kill`)
+INFINITY = math.inf  # `shutdown_s` that waits for `on_stop` however long it takes (OTP `infinity`, for supervisors)
 StartFn = Callable[[int], Awaitable[ActorRef]]
 """`start(restarts)`: build a fresh actor, spawn it with `restarts=restarts`, return its ref once ready."""
 
@@ -36,14 +39,14 @@ class ChildSpec:
     id: str
     start: StartFn
     restart: Restart = Restart.PERMANENT
-    shutdown_s: float = 5.0  # graceful stop time before the child is killed
+    shutdown_s: float = 5.0  # graceful stop time before the child is killed; BRUTAL_KILL or INFINITY
     kind: ChildKind = "worker"
 
     def __post_init__(self) -> None:
         if not self.id:
             raise ValueError("a child spec needs a non-empty id")
-        if not self.shutdown_s > 0:
-            raise ValueError(f"shutdown_s must be positive, got {self.shutdown_s}")
+        if not self.shutdown_s >= 0:
+            raise ValueError(f"shutdown_s must be >= 0 (0 is brutal_kill, math.inf infinity), got {self.shutdown_s}")
         if self.kind not in ("worker", "supervisor"):
             raise ValueError(f"kind must be 'worker' or 'supervisor', got {self.kind!r}")
 

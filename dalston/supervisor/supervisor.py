@@ -9,12 +9,17 @@
 - Each restart counts toward the restart intensity; a child that fails to restart counts again and is
   retried. Past the intensity the supervisor stops all children in reverse order and exits with reason
   `shutdown`, letting its parent decide.
-- Stopping a supervisor stops its children in reverse start order, each given its `shutdown_s`, then killed.
+- Stopping a supervisor stops its dynamic children (`start_child`) first, all at once under one shutdown timer
+  (OTP's dynamic-children shutdown), then its static children in reverse start order, each given its
+  `shutdown_s` (`BRUTAL_KILL`: killed at once; `INFINITY`: no bound) and then killed.
+- A child's `Down` arrives only once it has fully stopped, so a restarted child never overlaps its old instance;
+  a child the supervisor stops itself is demonitored with `flush`, so its exit is not mistaken for a crash.
 """
 
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -87,6 +92,7 @@ class _Child:
     ref: ActorRef | None = None
     monitor: int | None = None
     restarts: int = 0
+    dynamic: bool = False  # started by `start_child`, not from the supervisor's static list
 
 
 class _RestartFailed(Exception):
@@ -179,21 +185,20 @@ class Supervisor(Actor):
         if ref is None:
             return
         if child.monitor is not None:
-            ref.demonitor(child.monitor)  # a stop we asked for is not an exit to react to
-        reason = await ref.stop(SHUTDOWN, timeout_s=child.spec.shutdown_s)
+            ref.demonitor(child.monitor, flush=True)  # a stop we asked for is not an exit to react to
+        shutdown_s = child.spec.shutdown_s
+        reason = await ref.stop(SHUTDOWN, timeout_s=None if math.isinf(shutdown_s) else shutdown_s)
         child.ref = child.monitor = None
         self._log.info("supervisor.child_stopped", child=child.spec.id, reason=str(reason))
 
     async def _stop_all(self) -> None:
-        """Stop every running child in reverse start order; if cancelled meanwhile, kill the rest."""
-        try:
-            for child in reversed(self._children):
-                await self._stop_child(child)
-        except asyncio.CancelledError:
-            left = [c.ref for c in reversed(self._children) if c.ref is not None]
-            # Shielded so that a second cancellation cannot leave children running without a parent.
-            await asyncio.shield(asyncio.gather(*(ref.kill() for ref in left)))
-            raise
+        """Stop the dynamic children together, then the static ones in reverse start order.
+
+        If the supervisor is killed meanwhile, the runtime kills whatever it still owns.
+        """
+        await asyncio.gather(*(self._stop_child(c) for c in self._children if c.dynamic))
+        for child in reversed(self._children):
+            await self._stop_child(child)
 
     # -- reacting to exits --------------------------------------------------------------------------------
 
@@ -263,7 +268,7 @@ class Supervisor(Actor):
         active = sum(c.ref is not None for c in self._children)
         if self.max_children is not None and active >= self.max_children:
             raise CapacityReached(f"{active} of {self.max_children} children running")
-        child = _Child(spec)
+        child = _Child(spec, dynamic=True)
         ref = await self._start(child, restarts=0)
         self._children.append(child)
         self._log.info("supervisor.child_started", child=spec.id)
