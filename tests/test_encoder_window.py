@@ -136,10 +136,17 @@ def test_a_sound_sentence_is_not_degenerate() -> None:
     assert degenerate_reason(segments, SENTENCE, 3.0, LIMITS) is None
 
 
-@given(st.lists(TEXT_TOKEN, min_size=1, max_size=6))
-def test_an_unterminated_segment_is_degenerate(text: list[int]) -> None:
+@given(st.lists(TEXT_TOKEN, min_size=1, max_size=6), st.sampled_from(["some words", "and ask her. S", "Open"]))
+def test_an_unterminated_segment_that_breaks_off_mid_sentence_is_degenerate(text: list[int], words: str) -> None:
     segments = parse_segments([TS, *text], TS, EOT)
-    assert degenerate_reason(segments, "some words", 2.0, LIMITS) == "unterminated"
+    assert degenerate_reason(segments, words, 2.0, LIMITS) == "unterminated"
+
+
+@given(st.lists(TEXT_TOKEN, min_size=1, max_size=6, unique=True), st.sampled_from(["Yes.", "Is it?", "Go now!"]))
+def test_an_open_segment_that_ends_a_sentence_is_a_skipped_timestamp_not_a_break(text: list[int],
+                                                                                 words: str) -> None:
+    segments = parse_segments([TS, *text], TS, EOT)
+    assert degenerate_reason(segments, words, 1.0, LIMITS) is None
 
 
 @given(st.lists(TEXT_TOKEN, max_size=8), st.lists(TEXT_TOKEN, min_size=1, max_size=4), st.integers(4, 8),
@@ -160,16 +167,18 @@ def test_the_sentence_said_twice_is_degenerate() -> None:
     text = f"{SENTENCE} {SENTENCE[:-1]}"
     segments = parse_segments(closed(*range(20)), TS, EOT)
     assert degenerate_reason(segments, text, 6.0, LIMITS) == "repeated_sentence"
-    assert repeated_ngram(text.split(), 5)
-    truncated = f"{SENTENCE} Remember to water the plants"  # the second reading cut short
+    assert repeated_ngram(text.split(), 6)
+    truncated = f"{SENTENCE} Remember to water the plants every"  # the second reading cut short
     assert degenerate_reason(segments, truncated, 6.0, LIMITS) == "repeated_sentence"
 
 
 @given(st.lists(st.sampled_from(["no", "yes", "we", "go"]), max_size=3), st.integers(1, 10))
-def test_short_natural_repeats_are_not_taken_for_a_reread_sentence(words: list[str], n: int) -> None:
-    text = " ".join(words * 2)  # "no yes, no yes": fewer than five words repeated
+def test_short_natural_repeats_are_not_taken_for_a_reread_sentence_even_anaphora(words: list[str], n: int) -> None:
+    text = " ".join(words * 2)  # "no yes, no yes": fewer than six words repeated
     segments = parse_segments(closed(*range(n)), TS, EOT)
     assert degenerate_reason(segments, text, 3.0, LIMITS) in (None, "words_per_s")
+    dickens = "It was the best of times, it was the worst of times, it was the age of wisdom."
+    assert degenerate_reason(segments, dickens, 4.5, LIMITS) is None
 
 
 def test_too_many_or_too_few_words_for_the_time_is_degenerate() -> None:

@@ -1,11 +1,11 @@
 """Reading Whisper's timestamped token output, and telling a degenerate decode from a sound one (pure).
 
-A decode through a cut encoder window is cheap but, on a few percent of utterances, the model loops on a
-syllable, says the sentence twice, or never closes its last segment. Those outputs share signs that need no
-reference text: a segment with no closing timestamp, a token pattern repeated in a row, a sentence said twice,
-text that compresses too well, more words than anyone says in that time, or a final that contradicts the
-utterance's own stable partial. `degenerate_reason` names the first sign found; the decoder then decodes again
-with the full 30 s window.
+A decode through a cut encoder window is cheap but, on some utterances, the model loops on a syllable, says
+the sentence twice, or breaks off mid-sentence without closing its last segment. Those outputs share signs
+that need no reference text: an open last segment that does not end a sentence, a token pattern repeated in
+a row, a sentence (or six words) said twice, text that compresses too well, more words than anyone says in
+that time, or a final that contradicts the utterance's own stable partial. `degenerate_reason` names the
+first sign found; the decoder then decodes again with the full 30 s window.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from dalston.wer import edit_distance, normalize_words
 
 TIME_PRECISION_S = 0.02  # one timestamp token step
+SENTENCE_ENDS = (".", "?", "!", "\u3002", "\uff1f", "\uff01")
 
 
 @dataclass(frozen=True)
@@ -41,7 +42,9 @@ class DegenerateLimits:
     min_rate_duration_s: float = 4.0  # below it, the lower rate bound is not applied
     max_pattern_tokens: int = 4
     max_pattern_repeats: int = 3  # a pattern of up to max_pattern_tokens said more often than this in a row
-    repeated_ngram_words: int = 5  # a word n-gram this long said twice is the model re-reading the sentence
+    # A word n-gram this long said twice is the model re-reading the sentence. Shorter ones occur in real speech
+    # ("it was the best of times, it was the worst of times" repeats five words).
+    repeated_ngram_words: int = 6
     min_prefix_words: int = 3
     max_prefix_error: float = 0.5  # word error of the final's start against the stable partial
 
@@ -122,7 +125,7 @@ def degenerate_reason(segments: Sequence[TokenSegment], text: str, duration_s: f
     tokens = [token for segment in segments for token in segment.tokens]
     words = normalize_words(text)
     checks = (
-        ("unterminated", any(not segment.terminated for segment in segments)),
+        ("unterminated", _cut_short(segments, text)),
         ("repeated_tokens", repeated_pattern(tokens, limits.max_pattern_tokens, limits.max_pattern_repeats)),
         ("repeated_sentence", repeated_sentence(text) or repeated_ngram(words, limits.repeated_ngram_words)),
         ("compression_ratio", compression_ratio(text) > limits.max_compression_ratio),
@@ -130,6 +133,13 @@ def degenerate_reason(segments: Sequence[TokenSegment], text: str, duration_s: f
         ("disagrees_with_partial", bool(stable_prefix) and disagrees_with_prefix(text, stable_prefix, limits)),
     )
     return next((reason for reason, failed in checks if failed), None)
+
+
+def _cut_short(segments: Sequence[TokenSegment], text: str) -> bool:
+    """An open segment is a sign the output broke off ("… and ask her to bring these things. S"); one that ends
+    a sentence is just a closing timestamp the model skipped before the end of text ("Yes.")."""
+    # Only the last segment can be open (parse_segments closes every other one).
+    return bool(segments) and not segments[-1].terminated and not text.rstrip().endswith(SENTENCE_ENDS)
 
 
 def _rate_out_of_range(words: int, duration_s: float, limits: DegenerateLimits) -> bool:
