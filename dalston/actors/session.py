@@ -106,27 +106,22 @@ class SessionActor(Actor):
         self._ending = False
         self._ended = False
         self._last_audio_at = time.monotonic()
-        self._ticker: asyncio.Task[None] | None = None
-        self._transcriber_monitor: int | None = None
         self.last_error: ErrorOccurred | None = None
 
     # -- lifecycle ----------------------------------------------------------------------------------------
 
     async def on_start(self) -> None:
-        self._transcriber_monitor = self._transcriber.monitor(self.ref)
+        # The runtime drops this monitor, reaps the ticker and runs the callback however the session ends
+        # (a kill included), so there is no on_stop to write and nothing in it that could block.
+        self._transcriber.monitor(self.ref)
+        self.ref.monitor(self._cancel_queued_decodes)
         config = {**self.params.to_json(), "interim_results": self.params.interim_results}
         await self._emit(SessionBegan(self.session_id, config))
-        self._ticker = asyncio.create_task(self._tick_forever(), name=f"tick:{self.session_id}")
+        self.start_task(self._tick_forever(), name=f"tick:{self.session_id}")
 
-    async def on_stop(self, reason: ExitReason) -> None:
-        if self._ticker is not None:
-            self._ticker.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._ticker
-        if self._transcriber_monitor is not None:
-            self._transcriber.demonitor(self._transcriber_monitor)
-        with contextlib.suppress(ActorDead):
-            await self._transcriber.tell(CancelSession(self.session_id))
+    def _cancel_queued_decodes(self, _ref: ActorRef, _reason: ExitReason) -> None:
+        with contextlib.suppress(ActorDead):  # never waits: the model actor must not hold up a stopping session
+            self._transcriber.tell_unbounded(CancelSession(self.session_id))
 
     async def _tick_forever(self) -> None:
         while True:
@@ -161,7 +156,7 @@ class SessionActor(Actor):
             return
         log.warning("session.transcriber_replaced", session_id=self.session_id, transcriber=replacement.name)
         self._transcriber = replacement
-        self._transcriber_monitor = replacement.monitor(self.ref)
+        replacement.monitor(self.ref)
         for final in self._finals.unanswered():
             await self._submit_final(final)
 

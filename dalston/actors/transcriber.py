@@ -175,7 +175,7 @@ class TranscriberActor(Actor):
             # (on tiny.en the word error of greedy and beam-5 finals was the same on the LibriVox clips).
             beam_size = 1 if first.final and self._queue.statistics().finals_queued else None
             self._greedy_finals += len(batch) if beam_size == 1 else 0
-            task = asyncio.create_task(self._decode(batch, beam_size), name=f"decode:{first.session_id}")
+            task = self.start_task(self._decode(batch, beam_size), name=f"decode:{first.session_id}")  # owned
             self._running.add(task)
 
     def _batch_with(self, first: DecodeRequest) -> list[DecodeRequest]:
