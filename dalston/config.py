@@ -69,6 +69,11 @@ class VadConfig:
     min_silence_ms: int = 500
     speech_pad_ms: int = 120
     max_segment_s: float = 25.0
+    backend: str = "onnx"  # "onnx" (onnxruntime, shipped model) or "torch" (the `torch` extra)
+
+    def __post_init__(self) -> None:
+        if self.backend not in ("onnx", "torch"):
+            raise ConfigError(f"vad.backend must be 'onnx' or 'torch', not {self.backend!r}")
 
 
 @dataclass(frozen=True)

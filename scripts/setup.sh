@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Creates .venv with every pinned dependency. Idempotent: a second run only checks.
 # Usage: scripts/setup.sh [--for-tests]   (--for-tests also installs Debian's redis-server, chromium and
-#                                          chromium-driver, which the end-to-end and browser tests use)
+#                                          chromium-driver, which the end-to-end and browser tests use, and
+#                                          the pinned `torch` extra from requirements-torch.lock)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -22,8 +23,13 @@ stamp=.venv/.dalston-installed
 if [[ ! -f $stamp || requirements.lock -nt $stamp || pyproject.toml -nt $stamp ]]; then
     python3 -m venv .venv
     .venv/bin/pip install -q --disable-pip-version-check -r requirements.lock
-    # silero-vad's metadata pulls torch; we only need its ONNX file, which onnxruntime runs.
-    .venv/bin/pip install -q --disable-pip-version-check --no-deps silero-vad==6.2.3
     .venv/bin/pip install -q --disable-pip-version-check --no-deps -e .
     touch $stamp
+fi
+
+# The tests also cover the `torch` extra (vad.backend = "torch"): about 20 s and 750 MB more, so only for tests.
+torch_stamp=.venv/.dalston-torch-installed
+if [[ "${1:-}" == "--for-tests" ]] && [[ ! -f $torch_stamp || requirements-torch.lock -nt $torch_stamp ]]; then
+    .venv/bin/pip install -q --disable-pip-version-check -r requirements-torch.lock
+    touch $torch_stamp
 fi

@@ -173,11 +173,15 @@ def test_silero_refuses_windows_that_are_not_512_samples():
 def test_streaming_probabilities_match_silero_batched_sequence_model():
     """The package's sequence model scores all windows in one call, building each window's 64-sample
     context itself; the streaming wrapper must agree with it (context and state handled right)."""
+    try:
+        sequence_model = silero_package_data() / "silero_vad_16k_sequence.onnx"
+    except FileNotFoundError:
+        pytest.skip("silero-vad is not installed here (it comes with the torch extra)")
     frames = clip(1)[: len(clip(1)) // 512 * 512].reshape(-1, 512)
     contexts = np.zeros((len(frames), 64), dtype=np.float32)
     contexts[1:] = frames[:-1, -64:]
     sequence = onnxruntime.InferenceSession(
-        str(silero_package_data() / "silero_vad_16k_sequence.onnx"), providers=["CPUExecutionProvider"]
+        str(sequence_model), providers=["CPUExecutionProvider"]
     )
     zeros = np.zeros((1, 1, 128), dtype=np.float32)
     (expected, *_) = sequence.run(

@@ -113,3 +113,13 @@ async def test_a_fresh_venv_with_only_the_wheel_serves_and_streams_the_bundled_s
         assert await serve.wait_exit() == 0, serve.log_tail()
     finally:
         group.stop_all()
+
+
+def test_the_torch_backend_without_the_torch_extra_stops_serve_at_once_saying_what_to_install(
+    wheel_venv: Path, tmp_path: Path
+) -> None:
+    env = {**_clean_env(), "DALSTON_NODE_MODELS": "fast", "DALSTON_VAD_BACKEND": "torch"}
+    done = subprocess.run([str(wheel_venv / "bin" / "dalston"), "serve", "--port", str(free_port())], cwd=tmp_path,
+                          env=env, capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert "pip install 'dalston[torch]'" in done.stderr

@@ -13,7 +13,7 @@ import importlib.util
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import ClassVar
+from typing import ClassVar, Protocol
 
 import numpy as np
 import onnxruntime
@@ -57,6 +57,16 @@ def load_silero_session(path: Path | None = None) -> onnxruntime.InferenceSessio
     return onnxruntime.InferenceSession(
         str(path or silero_model_path()), sess_options=options, providers=["CPUExecutionProvider"]
     )
+
+
+class WindowScorer(Protocol):
+    """One stream's Silero model (ONNX here, torch in `silero_torch`): a speech probability per window."""
+
+    windows: int
+
+    def probability(self, window: np.ndarray) -> float: ...
+
+    def reset(self) -> None: ...
 
 
 class SileroVad:
@@ -177,7 +187,7 @@ class SpeechSegmenter:
     partial window, zero-padded, and windows realign after it).
     """
 
-    def __init__(self, vad_model: SileroVad, params: VadParams | None = None) -> None:
+    def __init__(self, vad_model: WindowScorer, params: VadParams | None = None) -> None:
         params = params or VadParams()
         if params.window_samples != WINDOW_SAMPLES or params.sample_rate != SAMPLE_RATE:
             raise ValueError(f"Silero runs at {SAMPLE_RATE} Hz on {WINDOW_SAMPLES}-sample windows")

@@ -17,8 +17,9 @@ import structlog
 from dalston.actors.decoder import WhisperDecoder
 from dalston.actors.models import ModelCatalogue
 from dalston.actors.session import SessionLimits
-from dalston.actors.silero import SileroVad, SpeechSegmenter
+from dalston.actors.silero import SpeechSegmenter
 from dalston.actors.vad import VadParams
+from dalston.actors.vad_backends import new_vad
 from dalston.config import SessionConfig, VadConfig
 
 log = structlog.get_logger(__name__)
@@ -52,8 +53,8 @@ def vad_params(config: VadConfig) -> VadParams:
 
 
 def new_segmenter(config: VadConfig) -> SpeechSegmenter:
-    """A segmenter with its own recurrent VAD state over the process-wide Silero model."""
-    return SpeechSegmenter(SileroVad(), vad_params(config))
+    """A segmenter with its own recurrent VAD state over the process-wide Silero model (`config.backend`)."""
+    return SpeechSegmenter(new_vad(config.backend), vad_params(config))
 
 
 def session_limits(config: SessionConfig) -> SessionLimits:

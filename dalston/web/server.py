@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator
 import structlog
 from aiohttp import web
 
+from dalston.actors.vad_backends import preload_vad
 from dalston.config import Config
 from dalston.supervisor.memory_registry import MemoryRegistry
 from dalston.supervisor.node import WorkerNode
@@ -76,6 +77,7 @@ async def wait_for_signal() -> None:
 @contextlib.asynccontextmanager
 async def running_worker(config: Config, registry: NodeRegistry) -> AsyncIterator[WorkerNode]:
     """A node and its link endpoint; drains on exit."""
+    preload_vad(config.vad.backend)  # a missing VAD backend stops the node here, not its first session
     node = WorkerNode(config, registry, endpoint="")
     runner, port = await start_site(create_worker_app(node), config.node.host, config.node.port)
     node.endpoint = f"ws://{config.node.host}:{port}"  # known once the port is bound (port 0 picks one)
