@@ -393,7 +393,7 @@ class ActorRef:
     async def _handle_ask(self, reply: asyncio.Future[Any], message: Any) -> None:
         if reply.done():  # the asker timed out or the ask was superseded: nobody waits for this
             return
-        self._current_reply = reply
+        self._current_reply = reply  # kept while a kill unwinds, so that `_fail_pending` answers it
         try:
             result = await self._actor.receive(message)
         except Exception as error:
@@ -402,8 +402,7 @@ class ActorRef:
         else:
             if not reply.done():
                 reply.set_result(result)
-        finally:
-            self._current_reply = None
+        self._current_reply = None
 
     async def _finish(self, reason: ExitReason, run_on_stop: bool) -> None:
         """Stop taking messages, fail pending asks, run `on_stop` unless killed, reap what it owns, notify."""
