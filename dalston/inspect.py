@@ -176,7 +176,7 @@ def _print_trees(trees: list[WorkerTree]) -> None:
 
 
 def render_worker(worker_tree: WorkerTree) -> Tree | Text:
-    heading = Text(f"worker {_worker_title(worker_tree)}", style="bold")
+    heading = Text(f"{'worker ' if worker_tree.worker else ''}{_worker_title(worker_tree)}", style="bold")
     if worker_tree.error is not None:
         return heading.append(f"  unreachable: {worker_tree.error}", style="red")
     if worker_tree.tree is None:

@@ -1,10 +1,12 @@
 """Configuration loading: defaults, files and DALSTON_* environment overrides."""
 
+import tomllib
 from pathlib import Path
 
 import pytest
 
-from dalston.config import ConfigError, load_config
+import dalston
+from dalston.config import DEFAULT_CONFIG_PATH, ConfigError, load_config
 
 
 def test_the_default_configuration_loads_with_both_model_aliases() -> None:
@@ -39,3 +41,12 @@ def test_an_unknown_key_or_a_bad_value_is_a_config_error(tmp_path: Path) -> None
         load_config(path, environ={})
     with pytest.raises(ConfigError, match=r"node\.capacity"):
         load_config(environ={"DALSTON_NODE_CAPACITY": "many"})
+
+
+def test_the_defaults_live_inside_the_package_and_ship_as_package_data() -> None:
+    """An installed wheel has no repository around it (tests/test_wheel.py installs one for real)."""
+    package = Path(dalston.__file__).resolve().parent
+    assert DEFAULT_CONFIG_PATH.is_relative_to(package) and DEFAULT_CONFIG_PATH.is_file()
+    with (package.parent / "pyproject.toml").open("rb") as handle:
+        package_data = tomllib.load(handle)["tool"]["setuptools"]["package-data"]["dalston"]
+    assert DEFAULT_CONFIG_PATH.name in package_data and "data/*" in package_data  # the Silero model too
