@@ -17,7 +17,7 @@ from dalston.web.client import StreamClient
 
 
 async def run_server(command: str, config: Config) -> int:
-    from dalston.web.server import UnsafeBind, run_gateway, run_worker, serve
+    from dalston.web.server import NodeFailed, UnsafeBind, run_gateway, run_worker, serve
 
     runner = {"serve": serve, "gateway": run_gateway, "worker": run_worker}[command]
     try:
@@ -25,6 +25,9 @@ async def run_server(command: str, config: Config) -> int:
     except UnsafeBind as error:
         print(f"dalston: {error}", file=sys.stderr)
         return 2
+    except NodeFailed as error:  # non-zero, so that systemd or Kubernetes restarts the process
+        print(f"dalston: {error}", file=sys.stderr)
+        return 1
     return 0
 
 

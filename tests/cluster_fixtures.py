@@ -122,12 +122,13 @@ class ProcessGroup:
         args = ["gateway", "--redis-url", self.redis_url, "--port", str(port)]
         return self._start("gateway", f"gateway-{port}", port, args, env)
 
-    def start_worker(self, worker_id: str, *, capacity: int = 1,
-                     env: Mapping[str, str] | None = None) -> DalstonProcess:
+    def start_worker(self, worker_id: str, *, capacity: int = 1, env: Mapping[str, str] | None = None,
+                     launcher: Path | None = None) -> DalstonProcess:
+        """`launcher`: a script run instead of `python -m dalston.cli` (with the same arguments)."""
         port = free_port()
         args = ["worker", "--redis-url", self.redis_url, "--port", str(port), "--worker-id", worker_id,
                 "--capacity", str(capacity), "--models", "fast"]
-        process = self._start("worker", worker_id, port, args, env)
+        process = self._start("worker", worker_id, port, args, env, launcher)
         process.worker_id = worker_id
         return process
 
@@ -137,12 +138,13 @@ class ProcessGroup:
         return self._start("serve", f"serve-{port}", port, args, env)
 
     def _start(self, role: str, name: str, port: int, args: list[str],
-               env: Mapping[str, str] | None) -> DalstonProcess:
+               env: Mapping[str, str] | None, launcher: Path | None = None) -> DalstonProcess:
         log_path = self.folder / f"{name}.log"
         full_env = {**os.environ, **FAST_CLUSTER_ENV, "DALSTON_REGISTRY_KEY_PREFIX": self.key_prefix,
                     **self.env, **(env or {})}
+        command = [sys.executable, str(launcher)] if launcher else [sys.executable, "-m", "dalston.cli"]
         with log_path.open("wb") as log:
-            process = subprocess.Popen([sys.executable, "-m", "dalston.cli", *args], cwd=REPO, env=full_env,
+            process = subprocess.Popen([*command, *args], cwd=REPO, env=full_env,
                                        stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
         started = DalstonProcess(role, name, port, process, log_path)
         self.started.append(started)

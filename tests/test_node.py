@@ -7,8 +7,9 @@ import asyncio
 from collections.abc import Callable
 from pathlib import Path
 
+import aiohttp
 import pytest
-from cluster_fixtures import poll_until
+from cluster_fixtures import ProcessGroup, poll_until
 from redis_server import RedisServer
 from test_metrics import FixedTextDecoder
 
@@ -17,6 +18,9 @@ from dalston.config import load_config
 from dalston.supervisor.node import SpawnRefused, WorkerNode
 from dalston.supervisor.redis_registry import RedisRegistry
 from dalston.supervisor.registry import WorkerRecord, WorkerStatus
+from dalston.web.link_protocol import LINK_PATH, TOKEN_HEADER, Spawn, bearer
+from dalston.web.server import start_site
+from dalston.web.worker import create_worker_app
 
 
 def node_config(capacity: int = 2):  # type: ignore[no-untyped-def]
@@ -76,4 +80,128 @@ async def test_a_node_refuses_sessions_beyond_its_capacity_and_while_draining(
         assert await registry.list_workers() == []  # drained nodes deregister
     finally:
         await node.stop()
+        await registry.close()
+
+
+# -- failure at the top ---------------------------------------------------------------------------------------
+
+
+class LoadsOnce:
+    """A model that loads once and never again (its weights vanished): every restart of its actor fails."""
+
+    def __init__(self) -> None:
+        self.loads = 0
+
+    def __call__(self) -> FixedTextDecoder:
+        self.loads += 1
+        if self.loads > 1:
+            raise OSError("model.bin: no such file")
+        return FixedTextDecoder()
+
+
+async def kill_model_actor(node: WorkerNode) -> None:
+    ref = await node._child("transcriber:fast")
+    await ref.kill()
+
+
+async def test_a_node_whose_root_supervisor_gives_up_refuses_sessions_and_leaves_the_registry(
+    redis_server: RedisServer, redis_prefix: str
+) -> None:
+    registry = RedisRegistry.from_url(redis_server.url, prefix=redis_prefix)
+    node = WorkerNode(node_config(), registry, "ws://127.0.0.1:1", decoders={"fast": LoadsOnce()})
+    await node.start()
+    try:
+        assert [w.worker_id for w in await registry.list_workers()] == ["w1"]
+        await kill_model_actor(node)
+        reason = await asyncio.wait_for(node.wait_failed(), 10)
+        assert reason.kind == "shutdown" and "intensity" in reason.detail
+        with pytest.raises(SpawnRefused) as refused:
+            await node.start_session("s1", StreamParams(), ignore)
+        assert refused.value.code is ErrorCode.NO_CAPACITY and "failed" in refused.value.message
+
+        async def gone() -> bool:
+            return await registry.list_workers() == []
+
+        await poll_until(gone, "the failed node left the registry", timeout_s=5)
+        heartbeats_before = await registry.list_workers()
+        await asyncio.sleep(0.3)  # three heartbeat intervals: a heartbeat would register it again
+        assert await registry.list_workers() == heartbeats_before == []
+    finally:
+        await node.stop()
+        await registry.close()
+
+
+async def test_the_link_answers_a_spawn_on_a_failed_node_with_an_error_code_not_a_traceback(
+    redis_server: RedisServer, redis_prefix: str
+) -> None:
+    registry = RedisRegistry.from_url(redis_server.url, prefix=redis_prefix)
+    node = WorkerNode(node_config(), registry, "", decoders={"fast": LoadsOnce()})
+    runner, port = await start_site(create_worker_app(node), "127.0.0.1", 0)
+    await node.start()
+    try:
+        await kill_model_actor(node)
+        await asyncio.wait_for(node.wait_failed(), 10)
+        headers = {TOKEN_HEADER: bearer(node.config.node.link_token)}
+        async with aiohttp.ClientSession() as http, http.ws_connect(
+            f"ws://127.0.0.1:{port}{LINK_PATH}", headers=headers
+        ) as ws:
+            await ws.send_json(Spawn("s1", StreamParams(), "127.0.0.1").to_json())
+            answer = await ws.receive_json(timeout=5)
+        assert answer["type"] == "refused" and answer["code"] == "no_capacity"
+    finally:
+        await node.stop()
+        await runner.cleanup()
+        await registry.close()
+
+
+WORKER_WITH_A_MODEL_THAT_CANNOT_RELOAD = """
+import asyncio, sys
+from pathlib import Path
+sys.path.insert(0, {tests!r})
+from test_node import LoadsOnce
+from dalston import cli
+from dalston.supervisor import node as node_module
+
+trigger = Path({trigger!r})
+original_start = node_module.WorkerNode.start
+
+
+async def start(self):
+    self._decoders = {{"fast": LoadsOnce()}}
+    await original_start(self)
+
+    async def crash_the_model_when_told():
+        while not trigger.exists():
+            await asyncio.sleep(0.05)
+        await (await self._child("transcriber:fast")).kill()
+
+    self._crasher = asyncio.get_running_loop().create_task(crash_the_model_when_told())
+
+
+node_module.WorkerNode.start = start
+sys.exit(cli.main(sys.argv[1:]))
+"""
+
+
+@pytest.mark.slow
+async def test_dalston_worker_exits_non_zero_and_leaves_the_registry_when_its_model_cannot_restart(
+    tmp_path: Path, redis_server: RedisServer, redis_prefix: str
+) -> None:
+    trigger = tmp_path / "crash-now"
+    launcher = tmp_path / "worker.py"
+    launcher.write_text(WORKER_WITH_A_MODEL_THAT_CANNOT_RELOAD.format(tests=str(Path(__file__).parent),
+                                                                       trigger=str(trigger)))
+    group = ProcessGroup(tmp_path, redis_server.url, redis_prefix)
+    worker = group.start_worker("w-doomed", launcher=launcher)
+    registry = RedisRegistry.from_url(redis_server.url, prefix=redis_prefix)
+    try:
+        await group.wait_ready(worker)
+        assert [w.worker_id for w in await registry.list_workers()] == ["w-doomed"]
+        trigger.touch()
+        assert await worker.wait_exit() == 1
+        assert await registry.list_workers() == []
+        log = worker.log_path.read_text()
+        assert "node.root_supervisor_exited" in log and "its supervision tree exited" in log
+    finally:
+        group.stop_all()
         await registry.close()

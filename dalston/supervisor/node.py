@@ -3,6 +3,10 @@
 The tree (DESIGN §4): root (one_for_one) -> one TranscriberActor per loaded model (permanent) -> the sessions
 supervisor (permanent; dynamic, temporary session children, at most `capacity`). The node refuses a spawn when
 it is full or draining, so a gateway's stale view of it never over-fills it.
+
+Failure at the top reaches the operator (DESIGN §4): when the root supervisor exits without being asked to (it
+reached its restart intensity), the node refuses every spawn at once, stops heartbeating, leaves the registry and
+sets `failure`; the process that runs it then exits non-zero so that systemd or Kubernetes restarts it.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ import structlog
 
 from dalston.actors.models import ModelCatalogue
 from dalston.actors.protocol import End, ErrorCode, StreamParams
-from dalston.actors.runtime import ActorDead, ActorRef, spawn
+from dalston.actors.runtime import ActorDead, ActorRef, ExitReason, spawn
 from dalston.actors.session import EventSink, SessionActor
 from dalston.actors.speech import decoder_factory, new_segmenter, session_limits
 from dalston.actors.transcriber import Decoder, TranscriberActor
@@ -96,6 +100,8 @@ class WorkerNode:
         self._heartbeat: asyncio.Task[None] | None = None
         self._stopping = asyncio.Event()
         self._releases: set[asyncio.Task[None]] = set()
+        self.failure: ExitReason | None = None  # why the root supervisor exited on its own, if it did
+        self._failed = asyncio.Event()
         self._started_at = time.monotonic()
         self._log = log.bind(worker_id=self.worker_id)
 
@@ -110,6 +116,7 @@ class WorkerNode:
         children.append(supervisor_spec(SESSIONS_ID, [], max_children=self.capacity, max_restarts=1000,
                                         period_s=1.0))
         self._root = await start_supervisor(children, name=f"node:{self.worker_id}", max_restarts=5, period_s=30)
+        self._root.ref.monitor(self._root_exited)
         self.models = tuple(factories)
         await self._register()
         self._stopping.clear()
@@ -166,8 +173,27 @@ class WorkerNode:
                         await child.ref.tell(End())
         await self._wait_for_no_sessions(10.0)
 
-    async def stop(self) -> None:
-        """Stop at once: sessions still running end with the tree (their clients are told by the link)."""
+    async def wait_failed(self) -> ExitReason:
+        """Wait until the root supervisor exits on its own (never, while the node is healthy)."""
+        await self._failed.wait()
+        assert self.failure is not None
+        return self.failure
+
+    def _root_exited(self, _ref: ActorRef, reason: ExitReason) -> None:
+        if self._root is None:
+            return  # stopped on purpose by `stop`
+        self.failure, self.status = reason, WorkerStatus.STOPPED
+        self._log.error("node.root_supervisor_exited", reason=str(reason),
+                        action="refusing sessions, leaving the registry, exiting non-zero")
+        self._failed.set()
+        self._track(asyncio.get_running_loop().create_task(self._leave_registry()))
+
+    async def _leave_registry(self) -> None:
+        await self._stop_heartbeat()
+        with contextlib.suppress(RegistryUnavailable):
+            await self.registry.deregister(self.worker_id)
+
+    async def _stop_heartbeat(self) -> None:
         if self._heartbeat is not None:
             # The flag, not only the cancel: redis-py can swallow a CancelledError that lands mid-command
             # (redis/redis-py#2028), and the loop must end all the same.
@@ -176,9 +202,13 @@ class WorkerNode:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._heartbeat
             self._heartbeat = None
+
+    async def stop(self) -> None:
+        """Stop at once: sessions still running end with the tree (their clients are told by the link)."""
+        await self._stop_heartbeat()
         if self._root is not None:
-            await self._root.stop()
-            self._root = None
+            root, self._root = self._root, None
+            await root.stop()
         if self._releases:
             await asyncio.gather(*self._releases, return_exceptions=True)
         with contextlib.suppress(RegistryUnavailable):
@@ -193,6 +223,10 @@ class WorkerNode:
             await self.registry.set_status(self.worker_id, WorkerStatus.DRAINING)
         else:
             self.status = WorkerStatus.READY
+
+    def _track(self, task: asyncio.Task[None]) -> None:
+        self._releases.add(task)
+        task.add_done_callback(self._releases.discard)
 
     async def _heartbeat_forever(self) -> None:
         interval = self.config.node.heartbeat_interval_s
@@ -210,6 +244,9 @@ class WorkerNode:
         self, session_id: str, params: StreamParams, sink: EventSink, client_ip: str = ""
     ) -> ActorRef:
         """Spawn a session actor as a temporary child of the sessions supervisor; `SpawnRefused` if not."""
+        if self.failure is not None:
+            raise SpawnRefused(ErrorCode.NO_CAPACITY,
+                               f"worker {self.worker_id} failed: its supervision tree exited ({self.failure})")
         if self.status is not WorkerStatus.READY:
             raise SpawnRefused(ErrorCode.NO_CAPACITY, f"worker {self.worker_id} is {self.status}")
         if params.model not in self.models:
@@ -224,6 +261,8 @@ class WorkerNode:
             ref = await SupervisorHandle(await self._child(SESSIONS_ID)).start_child(spec)
         except CapacityReached:
             raise SpawnRefused(ErrorCode.NO_CAPACITY, f"worker {self.worker_id} is full") from None
+        except ActorDead:  # the sessions supervisor died while starting it: its parent is restarting it
+            raise SpawnRefused(ErrorCode.NO_CAPACITY, f"worker {self.worker_id} is restarting sessions") from None
         ref.monitor(lambda _ref, _reason: self._release_later(session_id))
         return ref
 
@@ -232,9 +271,7 @@ class WorkerNode:
 
         Release is idempotent, so the gateway's own release afterwards is harmless.
         """
-        task = asyncio.get_running_loop().create_task(self._release(session_id))
-        self._releases.add(task)
-        task.add_done_callback(self._releases.discard)
+        self._track(asyncio.get_running_loop().create_task(self._release(session_id)))
 
     async def _release(self, session_id: str) -> None:
         try:
@@ -266,9 +303,13 @@ class WorkerNode:
         return None
 
     async def _child(self, child_id: str) -> ActorRef:
-        if self._root is None:
+        if self._root is None or not self._root.ref.alive:
             raise SpawnRefused(ErrorCode.NO_CAPACITY, "worker is not running")
-        for child in await self._root.which_children():
+        try:
+            children = await self._root.which_children()
+        except ActorDead:
+            raise SpawnRefused(ErrorCode.NO_CAPACITY, "worker is not running") from None
+        for child in children:
             if child.id == child_id and child.ref is not None and child.ref.alive:
                 return child.ref
         raise SpawnRefused(ErrorCode.INTERNAL_ERROR, f"{child_id} is restarting; try again")

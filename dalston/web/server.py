@@ -33,6 +33,10 @@ class UnsafeBind(ValueError):
     """Listening beyond loopback without API keys."""
 
 
+class NodeFailed(Exception):
+    """The node's root supervisor gave up: the process must exit non-zero so that its manager restarts it."""
+
+
 def check_bind(config: Config) -> None:
     host = config.server.host
     if config.server.api_keys:
@@ -74,6 +78,18 @@ async def wait_for_signal() -> None:
             loop.remove_signal_handler(sig)
 
 
+async def wait_for_signal_or_failure(node: WorkerNode) -> None:
+    """Until SIGINT/SIGTERM; raises `NodeFailed` if the node's supervision tree exits first."""
+    signalled = asyncio.ensure_future(wait_for_signal())
+    failed = asyncio.ensure_future(node.wait_failed())
+    await asyncio.wait({signalled, failed}, return_when=asyncio.FIRST_COMPLETED)
+    for waiter in (signalled, failed):
+        waiter.cancel()
+    await asyncio.gather(signalled, failed, return_exceptions=True)
+    if node.failure is not None:
+        raise NodeFailed(f"worker {node.worker_id}: its supervision tree exited ({node.failure})")
+
+
 @contextlib.asynccontextmanager
 async def running_worker(config: Config, registry: NodeRegistry) -> AsyncIterator[WorkerNode]:
     """A node and its link endpoint; drains on exit."""
@@ -107,21 +123,26 @@ async def serve(config: Config) -> None:
     """Everything in one process: gateway + one node + the in-process registry (no Redis)."""
     registry = open_registry(config)
     worker_config = config.replace("node", port=0)
-    async with running_worker(worker_config, registry) as node, running_gateway(config, registry) as port:
-        print(f"dalston: listening on ws://{config.server.host}:{port}/v1/audio/transcriptions/stream", flush=True)
-        print(f"dalston: worker node at {node.endpoint.replace('ws://', 'http://')} "
-              f"(dalston tree --url http://{config.server.host}:{port}; operations page at /ops)", flush=True)
-        await wait_for_signal()
-        log.info("serve.stopping")
-    await registry.close()
+    try:
+        async with running_worker(worker_config, registry) as node, running_gateway(config, registry) as port:
+            print(f"dalston: listening on ws://{config.server.host}:{port}/v1/audio/transcriptions/stream",
+                  flush=True)
+            print(f"dalston: worker node at {node.endpoint.replace('ws://', 'http://')} "
+                  f"(dalston tree --url http://{config.server.host}:{port}; operations page at /ops)", flush=True)
+            await wait_for_signal_or_failure(node)
+            log.info("serve.stopping")
+    finally:
+        await registry.close()
 
 
 async def run_worker(config: Config) -> None:
     registry = open_registry(config)
-    async with running_worker(config, registry) as node:
-        print(f"dalston: worker {node.worker_id} at {node.endpoint}", flush=True)
-        await wait_for_signal()
-    await registry.close()
+    try:
+        async with running_worker(config, registry) as node:
+            print(f"dalston: worker {node.worker_id} at {node.endpoint}", flush=True)
+            await wait_for_signal_or_failure(node)
+    finally:
+        await registry.close()
 
 
 async def run_gateway(config: Config) -> None:

@@ -95,8 +95,11 @@ async def _serve_session(node: WorkerNode, ws: web.WebSocketResponse, spawn: Spa
     try:
         ref = await node.start_session(spawn.session_id, spawn.params, probe.wrap(link.send_event), spawn.client_ip)
     except SpawnRefused as refusal:
-        await ws.send_json(Refused(refusal.code, refusal.message).to_json())
-        await ws.close()
+        await _refuse(ws, Refused(refusal.code, refusal.message))
+        return
+    except Exception as error:  # any other failure to start is the client's internal_error, never a traceback
+        log.exception("link.spawn_failed")
+        await _refuse(ws, Refused(ErrorCode.INTERNAL_ERROR, f"the session could not start: {type(error).__name__}"))
         return
     metrics.session_started(spawn.params.model)
     await link.open({"type": "spawned", "worker_id": node.worker_id})
@@ -109,6 +112,11 @@ async def _serve_session(node: WorkerNode, ws: web.WebSocketResponse, spawn: Spa
             await ref.stop(SHUTDOWN)
         await watcher
     log.info("link.session_closed", close_code=ws.close_code)
+
+
+async def _refuse(ws: web.WebSocketResponse, refusal: Refused) -> None:
+    await ws.send_json(refusal.to_json())
+    await ws.close()
 
 
 class _SessionLink:
