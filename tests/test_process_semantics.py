@@ -258,7 +258,7 @@ async def test_dead_watchers_are_removed_from_the_actor_they_watched() -> None:
     for watcher in watchers:
         target.monitor(watcher)
     await asyncio.gather(*(w.stop() for w in watchers))
-    assert target._monitors == {}
+    assert target._monitors.on_me == {}
     await target.stop()
 
 

@@ -390,8 +390,8 @@ class SupervisorMachine(RuleBasedStateMachine):
         for instances in self.journal.instances.values():
             for ref in instances:
                 if ref.stopped:
-                    assert ref._monitors == {} and ref._watching == {}
-        assert all(not ref.stopped for ref in self.watcher_ref._watching.values())
+                    assert ref._monitors.on_me == {} and ref._monitors.by_me == {}
+        assert all(not m.watched.stopped for m in self.watcher_ref._monitors.by_me.values())
 
     @invariant()
     def the_supervisor_agrees_with_the_model(self) -> None:

@@ -39,12 +39,14 @@ import contextvars
 import itertools
 import time
 import weakref
-from collections.abc import Callable, Coroutine
-from dataclasses import dataclass, field
+from collections.abc import Coroutine
+from dataclasses import dataclass
 from typing import Any
 
 import structlog
 
+from dalston.actors import monitors
+from dalston.actors.actor import Actor, ActorStatistics
 from dalston.actors.exits import (
     KILLED,
     NORMAL,
@@ -56,15 +58,15 @@ from dalston.actors.exits import (
     StartFailed,
 )
 from dalston.actors.mailbox import Envelope, Mailbox, MailboxClosed
+from dalston.actors.monitors import Watcher
 
 __all__ = [
     "KILLED", "NORMAL", "SHUTDOWN", "Actor", "ActorDead", "ActorRef", "ActorStatistics", "CalledSelf", "Down",
-    "ExitReason", "StartFailed", "root_actors", "spawn",
+    "ExitReason", "StartFailed", "Watcher", "root_actors", "spawn",
 ]
 
 log = structlog.get_logger(__name__)
 
-DEFAULT_MAILBOX_SIZE = 256
 KILL_WAIT_S = 1.0  # how long a kill waits for the cancelled task before declaring the actor dead regardless
 
 
@@ -73,49 +75,7 @@ class _StopSignal:
     reason: ExitReason
 
 
-@dataclass(frozen=True)
-class ActorStatistics:
-    name: str
-    kind: str
-    status: str  # starting | running | stopping | stopped
-    mailbox_depth: int
-    mailbox_bound: int
-    messages_handled: int
-    restarts: int
-    uptime_s: float
-    extra: dict[str, Any] = field(default_factory=dict)
-
-
-class Actor:
-    """Subclass and override `receive`; `on_start` and `on_stop` are optional hooks."""
-
-    mailbox_size: int = DEFAULT_MAILBOX_SIZE
-    ref: ActorRef
-
-    async def on_start(self) -> None:
-        """Runs before the first message; the actor reports ready once it returns."""
-
-    async def receive(self, message: Any) -> Any:
-        raise TypeError(f"{type(self).__name__} cannot handle {type(message).__name__}")
-
-    async def on_stop(self, reason: ExitReason) -> None:
-        """Runs once when the actor stops after a successful start, unless it is killed."""
-
-    def statistics_extra(self) -> dict[str, Any]:
-        """Actor-specific figures added to `ActorRef.statistics()`."""
-        return {}
-
-    def stop_self(self, reason: ExitReason = NORMAL) -> None:
-        """Stop after the current message (the OTP `{stop, Reason}` return)."""
-        self.ref._request_stop(reason)
-
-    def start_task(self, coro: Coroutine[Any, Any, Any], name: str | None = None) -> asyncio.Task[Any]:
-        """Run `coro` in a task this actor owns: it is cancelled and awaited when the actor stops, however."""
-        return self.ref._start_task(coro, name)
-
-
 _ids = itertools.count(1)
-Watcher = Callable[["ActorRef", ExitReason], None]
 _current_actor: contextvars.ContextVar[ActorRef | None] = contextvars.ContextVar("dalston_actor", default=None)
 _roots: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, set[ActorRef]] = weakref.WeakKeyDictionary()
 
@@ -123,13 +83,6 @@ _roots: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, set[ActorRef]] = we
 def root_actors() -> frozenset[ActorRef]:
     """The running actors that no actor owns on this loop (spawned outside any actor)."""
     return frozenset(_roots.get(asyncio.get_running_loop(), ()))
-
-
-@dataclass(eq=False)
-class _Monitor:
-    handle: int
-    watcher: ActorRef | None  # an actor to send `Down` to, or
-    callback: Watcher | None  # a function to call
 
 
 class ActorRef:
@@ -149,8 +102,7 @@ class ActorRef:
         self._stop_requested = False
         self._killed = False
         self._current_reply: asyncio.Future[Any] | None = None
-        self._monitors: dict[int, _Monitor] = {}  # who watches this actor
-        self._watching: dict[int, ActorRef] = {}  # handle -> the actor this one watches
+        self._monitors = monitors.Monitors()
         self._owner: ActorRef | None = None
         self._owned: set[ActorRef] = set()
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -234,17 +186,10 @@ class ActorRef:
         callback from the loop, soon after, unless demonitored first).
         """
         handle = next(_ids)
-        entry = _Monitor(handle, watcher, None) if isinstance(watcher, ActorRef) else _Monitor(handle, None, watcher)
-        if entry.watcher is not None and entry.watcher._stopped.done():
-            return handle  # a dead watcher hears nothing and keeps nothing alive
-        self._monitors[handle] = entry
-        if entry.watcher is not None:
-            entry.watcher._watching[handle] = self
-        if self._stopped.done():
-            if entry.watcher is not None:
-                self._notify(handle, self._stopped.result())
-            else:
-                asyncio.get_running_loop().call_soon(self._notify, handle, self._stopped.result())
+        if isinstance(watcher, ActorRef):
+            monitors.add(monitors.Monitor(handle, self, watcher, None))
+        else:
+            monitors.add(monitors.Monitor(handle, self, None, watcher))
         return handle
 
     def demonitor(self, handle: int, *, flush: bool = False) -> None:
@@ -253,27 +198,7 @@ class ActorRef:
         A `Down` that was already delivered is flushed from the watcher it went to or, when the monitor is
         gone, from the calling actor's own mailbox (as Erlang's `demonitor(Ref, [flush])`).
         """
-        entry = self._monitors.pop(handle, None)
-        watcher = entry.watcher if entry is not None else _current_actor.get()
-        if watcher is not None:
-            watcher._watching.pop(handle, None)
-            if flush:
-                watcher._mailbox.remove_signals(lambda m: isinstance(m, Down) and m.handle == handle)
-
-    def _notify(self, handle: int, reason: ExitReason) -> None:
-        entry = self._monitors.pop(handle, None)
-        if entry is None:
-            return  # demonitored meanwhile
-        if entry.watcher is not None:
-            entry.watcher._watching.pop(handle, None)
-            if not entry.watcher._mailbox.closed:
-                entry.watcher._mailbox.put_signal(Envelope(Down(self, reason, handle)))
-            return
-        assert entry.callback is not None
-        try:
-            entry.callback(self, reason)
-        except Exception:  # one watcher's bug must not keep the others from hearing about the death
-            log.exception("actor.monitor_callback_failed", actor=self.name)
+        monitors.remove(self, handle, flush=flush, caller=_current_actor.get())
 
     # -- lifecycle ----------------------------------------------------------------------------------------
 
@@ -459,12 +384,8 @@ class ActorRef:
         self._status, self._reason = "stopped", reason
         owner_set = self._owner._owned if self._owner is not None else _roots.get(self._stopped.get_loop(), set())
         owner_set.discard(self)
-        for handle, watched in list(self._watching.items()):
-            watched._monitors.pop(handle, None)
-        self._watching.clear()
         self._stopped.set_result(reason)
-        while self._monitors:  # popped one at a time: a callback may demonitor another one
-            self._notify(next(iter(self._monitors)), reason)
+        monitors.on_death(self, reason)
 
 
 async def spawn(
