@@ -109,6 +109,10 @@ async def test_a_fresh_venv_with_only_the_wheel_serves_and_streams_the_bundled_s
         assert word_error_rate(reference, end["transcript"]) < 0.15, end["transcript"]
         assert not [e for e in events if e["type"] == "error"]
         assert begin["session_id"] == end["session_id"]
+        trees = await asyncio.to_thread(_run, [str(wheel_venv / "bin" / "dalston"), "tree", "--url", serve.http_url,
+                                               "--json"], tmp_path, 60.0, env=env)
+        [tree] = json.loads(trees)
+        assert tree["error"] is None and tree["tree"]["status"] == "running"
         serve.signal(signal.SIGTERM)
         assert await serve.wait_exit() == 0, serve.log_tail()
     finally:
