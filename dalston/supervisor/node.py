@@ -22,6 +22,7 @@ from typing import Any
 
 import structlog
 
+from dalston.actors.cancellation import cancel_and_wait
 from dalston.actors.models import ModelCatalogue
 from dalston.actors.protocol import End, ErrorCode, StreamParams
 from dalston.actors.runtime import ActorDead, ActorRef, ExitReason, spawn
@@ -198,9 +199,7 @@ class WorkerNode:
             # The flag, not only the cancel: redis-py can swallow a CancelledError that lands mid-command
             # (redis/redis-py#2028), and the loop must end all the same.
             self._stopping.set()
-            self._heartbeat.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._heartbeat
+            await cancel_and_wait(self._heartbeat)
             self._heartbeat = None
 
     async def stop(self) -> None:

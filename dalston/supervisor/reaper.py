@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import structlog
 
+from dalston.actors.cancellation import cancel_and_wait
 from dalston.supervisor.registry import NodeRegistry, RegistryError
 
 log = structlog.get_logger(__name__)
@@ -78,13 +79,7 @@ class Reaper:
         # The flag, not only the cancel: redis-py can swallow a CancelledError that lands mid-command
         # (redis/redis-py#2028), and the loop must end all the same.
         self._stopping.set()
-        task.cancel()
-        try:
-            await task
-        except asyncio.CancelledError:
-            current = asyncio.current_task()
-            if current is not None and current.cancelling():
-                raise  # our caller is being cancelled too: not ours to swallow
+        await cancel_and_wait(task)
 
     def statistics(self) -> ReaperStatistics:
         running = self._task is not None and not self._task.done()

@@ -19,6 +19,7 @@ import aiohttp
 import structlog
 from aiohttp import WSMsgType, web
 
+from dalston.actors.cancellation import cancel_and_wait
 from dalston.actors.protocol import (
     ErrorCode,
     ErrorOccurred,
@@ -170,9 +171,7 @@ async def _serve(state: GatewayState, ws: web.WebSocketResponse, session_id: str
     try:
         forward = asyncio.create_task(_client_to_worker(ws, remote))
         await _worker_to_client(ws, remote)
-        forward.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await forward
+        await cancel_and_wait(forward)
     finally:
         with contextlib.suppress(ConnectionResetError):
             await remote.stop()
