@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import wave
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -278,3 +279,36 @@ def test_fitted_window_word_timestamps_stay_inside_the_utterance(windows: dict[s
         assert word_error_rate(result.text, spoken) == 0.0
         # The last word ends near the speech's end, not at the end of the padded window.
         assert words[-1].end_s >= offset_s + 0.5 * audio.size / SAMPLE_RATE
+
+
+@dataclass(frozen=True, eq=False)
+class Request:
+    audio: np.ndarray
+    final: bool = True
+    word_timestamps: bool = True
+    language: str | None = "en"
+    offset_s: float = 2.0
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mode", ["fit", "full"])
+def test_a_batch_decodes_each_utterance_as_it_would_be_decoded_alone(windows: dict[str, WhisperDecoder],
+                                                                    mode: str) -> None:
+    decoder = windows[mode]
+    groups: dict[int, list[Request]] = {}
+    for clip in CLIPS:  # grouped by window length, as the transcriber groups them
+        audio = read_clip(clip)
+        groups.setdefault(decoder.batch_key(audio.size), []).append(Request(audio))
+    assert any(len(group) > 1 for group in groups.values())
+    for final in (True, False):
+        for group in groups.values():
+            requests = [replace(r, final=final) for r in group]
+            together = decoder.decode_batch(requests)
+            alone = [decoder.decode(r.audio, final=final, word_timestamps=True, language="en", offset_s=2.0)
+                     for r in requests]
+            assert [r.text for r in together] == [r.text for r in alone]
+            for a, b in zip(together, alone, strict=True):
+                assert [t for s in a.segments for t in (s.start_s, s.end_s)] == pytest.approx(
+                    [t for s in b.segments for t in (s.start_s, s.end_s)])
+                assert [w.word for s in a.segments for w in s.words or ()] == \
+                    [w.word for s in b.segments for w in s.words or ()]

