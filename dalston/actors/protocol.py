@@ -24,6 +24,7 @@ class ErrorCode(StrEnum):
     INTERNAL_ERROR = "internal_error"
     UNAUTHORIZED = "unauthorized"
     TOO_MANY_SESSIONS = "too_many_sessions"
+    SLOW_CONSUMER = "slow_consumer"  # the client stopped reading its events
 
     @classmethod
     def lookup(cls, value: object) -> ErrorCode | None:
@@ -47,6 +48,7 @@ _CLOSE_CODES: dict[ErrorCode, int | None] = {
     ErrorCode.INTERNAL_ERROR: 1011,
     ErrorCode.UNAUTHORIZED: 1008,
     ErrorCode.TOO_MANY_SESSIONS: 1013,
+    ErrorCode.SLOW_CONSUMER: 1008,  # a policy the client broke (read your events), not "try again later"
 }
 
 
