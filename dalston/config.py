@@ -30,6 +30,10 @@ class ServerConfig:
     api_keys: tuple[str, ...] = ()
     max_sessions_per_key: int = 16
     shutdown_timeout_s: float = 10.0
+    placement_deadline_s: float = 10.0
+    spawn_timeout_s: float = 5.0
+    suspect_s: float = 10.0
+    send_timeout_s: float = 5.0
 
 
 @dataclass(frozen=True)
@@ -51,6 +55,7 @@ class RegistryConfig:
     key_prefix: str = "dalston:realtime:"
     ended_session_ttl_s: int = 3600
     reap_interval_s: float = 2.0
+    lease_ttl_s: float = 10.0
 
 
 @dataclass(frozen=True)
