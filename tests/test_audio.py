@@ -1,4 +1,4 @@
-"""PcmDecoder: decoding, resampling to 16 kHz, odd bytes, limits, and chunking invariance; read_wav."""
+"""PcmDecoder (s16le; other encodings in test_encodings.py): decoding, resampling to 16 kHz, odd bytes, limits, and chunking invariance; read_wav."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dalston.actors.audio import InvalidAudio, PcmDecoder, UnsupportedSampleRate, read_wav
+from dalston.actors.audio import AudioDecoder, InvalidAudio, PcmDecoder, UnsupportedSampleRate, read_wav
 
 LIBRIVOX = sorted((Path(__file__).parent / "data" / "librivox").glob("*.wav"))
 
@@ -20,8 +20,10 @@ def sine_pcm(freq_hz: float, rate: int, seconds: float) -> bytes:
     return (np.sin(2 * np.pi * freq_hz * t) * 12000).astype("<i2").tobytes()
 
 
-def decode_all(decoder: PcmDecoder, frames: list[bytes]) -> np.ndarray:
-    return np.concatenate([*(decoder.decode(f) for f in frames), decoder.finish()])
+def decode_all(decoder: AudioDecoder, frames: list[bytes]) -> np.ndarray:
+    """Every sample of a stream, shape (channels, n); a mono stream as one row flattened."""
+    out = np.concatenate([*(decoder.decode(f) for f in frames), decoder.finish()], axis=1)
+    return out[0] if out.shape[0] == 1 else out
 
 
 def cut(data: bytes, sizes: list[int]) -> list[bytes]:
@@ -57,16 +59,16 @@ def test_an_odd_trailing_byte_is_carried_into_the_next_frame():
     pcm = np.array([1000, -2000, 3000], dtype="<i2").tobytes()
     decoder = PcmDecoder(16000, 1024)
     first = decoder.decode(pcm[:3])
-    assert len(first) == 1 and decoder.pending_odd_byte
+    assert first.shape == (1, 1) and decoder.pending_odd_byte
     second = decoder.decode(pcm[3:])
-    np.testing.assert_array_equal(np.concatenate([first, second]) * 32768, [1000, -2000, 3000])
+    np.testing.assert_array_equal(np.concatenate([first, second], axis=1)[0] * 32768, [1000, -2000, 3000])
     assert not decoder.pending_odd_byte
 
 
 def test_finish_reports_an_odd_byte_left_over():
     decoder = PcmDecoder(16000, 1024)
     decoder.decode(b"\x01\x02\x03")
-    assert len(decoder.finish()) == 0
+    assert decoder.finish().size == 0
     assert decoder.trailing_byte_dropped
 
 

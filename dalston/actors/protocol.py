@@ -9,6 +9,7 @@ import json
 import re
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
+from dataclasses import fields as dataclass_fields
 from enum import StrEnum
 from typing import Any
 
@@ -69,13 +70,36 @@ _WHISPER_LANGUAGE_CODES = (
 )
 WHISPER_LANGUAGES = frozenset(_WHISPER_LANGUAGE_CODES.split())
 SAMPLE_RATE_MIN, SAMPLE_RATE_MAX = 8000, 48000
-ENCODINGS = ("pcm_s16le",)
+# The encodings `dalston.actors.audio` decodes (kept here as data: protocol parsing imports no decoders).
+ENCODINGS = ("pcm_s16le", "pcm_f32le", "pcm_mulaw", "pcm_alaw", "ogg_opus", "webm_opus")
+MAX_CHANNELS = 8
+LANGUAGE_DETECTION = ("session", "utterance")
 _TRUE, _FALSE = ("true", "1", "yes"), ("false", "0", "no")
 
 
 @dataclass(frozen=True)
+class SessionBounds:
+    """What a client may ask of one session: endpointing ranges and vocabulary sizes (from [session] config)."""
+
+    min_silence_ms: tuple[int, int] = (100, 5000)
+    max_segment_s: tuple[float, float] = (6.0, 30.0)  # 6 s: room for the longest min_silence_ms
+    vad_threshold: tuple[float, float] = (0.1, 0.95)
+    max_keyterms: int = 50
+    max_keyterm_chars: int = 50
+    max_prompt_chars: int = 500
+
+
+# Where a session can work at all; a worker re-checks spawned params against these (the gateway applied the
+# configured, usually narrower, bounds). 30 s is Whisper's window.
+HARD_BOUNDS = SessionBounds((32, 10000), (1.0, 30.0), (0.01, 0.99), 200, 100, 2000)
+
+
+@dataclass(frozen=True)
 class StreamParams:
-    """The effective configuration of one stream, from the query string."""
+    """The effective configuration of one stream, from the query string.
+
+    Endpointing values left None take the node's [vad] configuration.
+    """
 
     language: str = "auto"
     model: str = "fast"
@@ -83,19 +107,37 @@ class StreamParams:
     interim_results: bool = True
     sample_rate: int = 16000
     encoding: str = "pcm_s16le"
+    channels: int = 1
+    min_silence_ms: int | None = None
+    max_segment_s: float | None = None
+    vad_threshold: float | None = None
+    keyterms: tuple[str, ...] = ()
+    prompt: str = ""
+    language_detection: str = "session"
 
     def to_json(self) -> dict[str, Any]:
-        return asdict(self)
+        data = asdict(self)
+        data["keyterms"] = list(self.keyterms)
+        return data
 
     @classmethod
-    def from_json(cls, data: Mapping[str, Any]) -> StreamParams:
-        return parse_stream_params({k: str(v).lower() if isinstance(v, bool) else str(v) for k, v in data.items()})
+    def from_json(cls, data: Mapping[str, Any], bounds: SessionBounds = HARD_BOUNDS) -> StreamParams:
+        query = {k: _query_value(v) for k, v in data.items() if v is not None}
+        return parse_stream_params(query, bounds)
 
 
-_KNOWN_PARAMS = {"language", "model", "word_timestamps", "interim_results", "sample_rate", "encoding", "api_key"}
+def _query_value(value: object) -> str:
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, list | tuple):
+        return ",".join(str(v) for v in value)
+    return str(value)
 
 
-def parse_stream_params(query: Mapping[str, str]) -> StreamParams:
+_KNOWN_PARAMS = {field.name for field in dataclass_fields(StreamParams)} | {"api_key"}
+
+
+def parse_stream_params(query: Mapping[str, str], bounds: SessionBounds = HARD_BOUNDS) -> StreamParams:
     """Validate the stream's query parameters; raises ProtocolError(invalid_request) with the offending name."""
     unknown = sorted(set(query) - _KNOWN_PARAMS)
     if unknown:
@@ -108,7 +150,17 @@ def parse_stream_params(query: Mapping[str, str]) -> StreamParams:
         raise ProtocolError(ErrorCode.INVALID_REQUEST, "model: expected a model alias")
     encoding = query.get("encoding", "pcm_s16le")
     if encoding not in ENCODINGS:
-        raise ProtocolError(ErrorCode.INVALID_REQUEST, f"encoding: only {', '.join(ENCODINGS)} is supported")
+        raise ProtocolError(ErrorCode.INVALID_REQUEST, f"encoding: expected one of {', '.join(ENCODINGS)}")
+    detection = query.get("language_detection", "session")
+    if detection not in LANGUAGE_DETECTION:
+        raise ProtocolError(ErrorCode.INVALID_REQUEST, "language_detection: expected session or utterance")
+    try:
+        vocabulary = check_vocabulary(_split_keyterms(query.get("keyterms", "")), query.get("prompt", ""), bounds)
+        endpointing = check_endpointing(_optional(query, "min_silence_ms", int),
+                                        _optional(query, "max_segment_s", float),
+                                        _optional(query, "vad_threshold", float), bounds)
+    except ValueError as error:
+        raise ProtocolError(ErrorCode.INVALID_REQUEST, str(error)) from None
     return StreamParams(
         language=language,
         model=model,
@@ -116,7 +168,73 @@ def parse_stream_params(query: Mapping[str, str]) -> StreamParams:
         interim_results=_parse_bool(query, "interim_results", True),
         sample_rate=_parse_sample_rate(query.get("sample_rate", "16000")),
         encoding=encoding,
+        channels=_parse_channels(query.get("channels", "1")),
+        language_detection=detection,
+        **vocabulary,
+        **endpointing,
     )
+
+
+def _split_keyterms(raw: str) -> list[str]:
+    return [term for term in (part.strip() for part in raw.split(",")) if term]
+
+
+def _optional(query: Mapping[str, str], name: str, kind: type[int] | type[float]) -> int | float | None:
+    raw = query.get(name)
+    if raw is None:
+        return None
+    try:
+        value = kind(raw)
+    except ValueError:
+        raise ValueError(f"{name}: expected {'an integer' if kind is int else 'a number'}, got {raw[:32]!r}") from None
+    if value != value or value in (float("inf"), float("-inf")):
+        raise ValueError(f"{name}: expected a finite number, got {raw[:32]!r}")
+    return value
+
+
+def check_endpointing(min_silence_ms: object, max_segment_s: object, vad_threshold: object,
+                      bounds: SessionBounds) -> dict[str, Any]:
+    """Endpointing overrides within `bounds` (None: not set); ValueError naming the parameter otherwise."""
+    values = {"min_silence_ms": min_silence_ms, "max_segment_s": max_segment_s, "vad_threshold": vad_threshold}
+    for name, value in values.items():
+        if value is None:
+            continue
+        integral = name == "min_silence_ms"
+        if isinstance(value, bool) or not isinstance(value, int | float) or (integral and not isinstance(value, int)):
+            raise ValueError(f"{name}: expected {'an integer' if integral else 'a number'}, got {value!r:.32}")
+        low, high = getattr(bounds, name)
+        if not low <= value <= high:
+            raise ValueError(f"{name}: {value:g} is outside the allowed range {low:g}..{high:g}")
+    return {name: (float(value) if value is not None and name != "min_silence_ms" else value)
+            for name, value in values.items()}
+
+
+def check_vocabulary(keyterms: object, prompt: object, bounds: SessionBounds) -> dict[str, Any]:
+    """Keyterms (a list of short strings) and a prompt within `bounds`; ValueError naming the field otherwise."""
+    if not isinstance(keyterms, list | tuple) or not all(isinstance(term, str) for term in keyterms):
+        raise ValueError("keyterms: expected a list of strings")
+    terms = tuple(" ".join(term.split()) for term in keyterms)
+    if any(not term for term in terms):
+        raise ValueError("keyterms: empty term")
+    if len(terms) > bounds.max_keyterms:
+        raise ValueError(f"keyterms: {len(terms)} terms, at most {bounds.max_keyterms} allowed")
+    longest = max(terms, key=len, default="")
+    if len(longest) > bounds.max_keyterm_chars:
+        raise ValueError(f"keyterms: {longest[:20]!r}... is over {bounds.max_keyterm_chars} characters")
+    if any("," in term for term in terms):
+        raise ValueError("keyterms: a term may not contain a comma")
+    if not isinstance(prompt, str):
+        raise ValueError("prompt: expected a string")
+    if len(prompt) > bounds.max_prompt_chars:
+        raise ValueError(f"prompt: {len(prompt)} characters, at most {bounds.max_prompt_chars} allowed")
+    return {"keyterms": terms, "prompt": " ".join(prompt.split())}
+
+
+def _parse_channels(raw: str) -> int:
+    if not raw.isdigit() or not 1 <= int(raw) <= MAX_CHANNELS:
+        raise ProtocolError(ErrorCode.INVALID_REQUEST, f"channels: expected an integer from 1 to {MAX_CHANNELS}, "
+                                                       f"got {raw[:32]!r}")
+    return int(raw)
 
 
 def _parse_bool(query: Mapping[str, str], name: str, default: bool) -> bool:
@@ -146,18 +264,50 @@ def _parse_sample_rate(raw: str) -> int:
 class Flush:
     """Finalise the speech buffered so far."""
 
+    def to_json(self) -> dict[str, Any]:
+        return {"type": "flush"}
+
 
 @dataclass(frozen=True)
 class End:
     """Finish the session: flush, then `session.end`."""
 
-
-ClientMessage = Flush | End
-_CLIENT_MESSAGES: dict[str, ClientMessage] = {"flush": Flush(), "end": End()}
-MAX_CONTROL_MESSAGE_CHARS = 4096
+    def to_json(self) -> dict[str, Any]:
+        return {"type": "end"}
 
 
-def parse_client_message(text: str) -> ClientMessage:
+@dataclass(frozen=True)
+class Keepalive:
+    """The client is still there: a silent session is not idle while these come."""
+
+    def to_json(self) -> dict[str, Any]:
+        return {"type": "keepalive"}
+
+
+@dataclass(frozen=True)
+class Configure:
+    """Change vocabulary and endpointing mid-stream; fields left None keep their current value."""
+
+    keyterms: tuple[str, ...] | None = None
+    prompt: str | None = None
+    min_silence_ms: int | None = None
+    max_segment_s: float | None = None
+    vad_threshold: float | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        data = {k: v for k, v in asdict(self).items() if v is not None}
+        if self.keyterms is not None:
+            data["keyterms"] = list(self.keyterms)
+        return {"type": "configure", **data}
+
+
+ClientMessage = Flush | End | Keepalive | Configure
+_CLIENT_MESSAGES: dict[str, ClientMessage] = {"flush": Flush(), "end": End(), "keepalive": Keepalive()}
+_CONFIGURE_FIELDS = ("keyterms", "prompt", "min_silence_ms", "max_segment_s", "vad_threshold")
+MAX_CONTROL_MESSAGE_CHARS = 8192
+
+
+def parse_client_message(text: str, bounds: SessionBounds = HARD_BOUNDS) -> ClientMessage:
     """Parse a JSON text frame from a client; raises ProtocolError(invalid_message)."""
     if len(text) > MAX_CONTROL_MESSAGE_CHARS:
         raise ProtocolError(ErrorCode.INVALID_MESSAGE, f"control message over {MAX_CONTROL_MESSAGE_CHARS} chars")
@@ -170,12 +320,29 @@ def parse_client_message(text: str) -> ClientMessage:
     kind = data.get("type")
     if not isinstance(kind, str):
         raise ProtocolError(ErrorCode.INVALID_MESSAGE, "missing string field 'type'")
+    if kind == "configure":
+        return _parse_configure(data, bounds)
     message = _CLIENT_MESSAGES.get(kind)
     if message is None:
-        raise ProtocolError(
-            ErrorCode.INVALID_MESSAGE, f"unknown message type {kind[:40]!r}; expected one of: flush, end"
-        )
+        raise ProtocolError(ErrorCode.INVALID_MESSAGE, f"unknown message type {kind[:40]!r}; expected one of: "
+                                                       "flush, end, keepalive, configure")
     return message
+
+
+def _parse_configure(data: dict[str, Any], bounds: SessionBounds) -> Configure:
+    unknown = sorted(str(key)[:40] for key in set(data) - {"type", *_CONFIGURE_FIELDS})
+    if unknown:
+        raise ProtocolError(ErrorCode.INVALID_MESSAGE, f"configure: unknown field(s) {', '.join(unknown)}; "
+                                                       f"expected some of {', '.join(_CONFIGURE_FIELDS)}")
+    keyterms, prompt = data.get("keyterms"), data.get("prompt")
+    try:
+        vocabulary = check_vocabulary([] if keyterms is None else keyterms, "" if prompt is None else prompt, bounds)
+        endpointing = check_endpointing(data.get("min_silence_ms"), data.get("max_segment_s"),
+                                        data.get("vad_threshold"), bounds)
+    except ValueError as error:
+        raise ProtocolError(ErrorCode.INVALID_MESSAGE, f"configure: {error}") from None
+    return Configure(keyterms=None if keyterms is None else vocabulary["keyterms"],
+                     prompt=None if prompt is None else vocabulary["prompt"], **endpointing)
 
 
 # -- server -> client events --------------------------------------------------------------------------------
@@ -199,22 +366,31 @@ class SessionBegan:
         return {"type": self.type, "session_id": self.session_id, **self.config}
 
 
+def _with_channel(data: dict[str, Any], channel: int | None) -> dict[str, Any]:
+    """Events of a multi-channel session say which channel they belong to; a mono session's do not."""
+    if channel is not None:
+        data["channel"] = channel
+    return data
+
+
 @dataclass(frozen=True)
 class SpeechStarted:
     timestamp: float
+    channel: int | None = None
     type: str = "vad.speech_start"
 
     def to_json(self) -> dict[str, Any]:
-        return {"type": self.type, "timestamp": self.timestamp}
+        return _with_channel({"type": self.type, "timestamp": self.timestamp}, self.channel)
 
 
 @dataclass(frozen=True)
 class SpeechEnded:
     timestamp: float
+    channel: int | None = None
     type: str = "vad.speech_end"
 
     def to_json(self) -> dict[str, Any]:
-        return {"type": self.type, "timestamp": self.timestamp}
+        return _with_channel({"type": self.type, "timestamp": self.timestamp}, self.channel)
 
 
 @dataclass(frozen=True)
@@ -222,10 +398,12 @@ class PartialTranscribed:
     text: str
     start: float
     stable_text: str
+    channel: int | None = None
     type: str = "transcript.partial"
 
     def to_json(self) -> dict[str, Any]:
-        return {"type": self.type, "text": self.text, "start": self.start, "stable_text": self.stable_text}
+        return _with_channel({"type": self.type, "text": self.text, "start": self.start,
+                              "stable_text": self.stable_text}, self.channel)
 
 
 @dataclass(frozen=True)
@@ -235,24 +413,55 @@ class FinalTranscribed:
     end: float
     words: tuple[WordTiming, ...] | None
     language: str | None
+    channel: int | None = None
     type: str = "transcript.final"
 
     def to_json(self) -> dict[str, Any]:
         words = None if self.words is None else [asdict(w) for w in self.words]
-        return {"type": self.type, "text": self.text, "start": self.start, "end": self.end, "words": words,
-                "language": self.language}
+        return _with_channel({"type": self.type, "text": self.text, "start": self.start, "end": self.end,
+                              "words": words, "language": self.language}, self.channel)
+
+
+@dataclass(frozen=True)
+class ChannelFinal:
+    """One final of a multi-channel session, in the merged transcript of `session.end`."""
+
+    channel: int
+    start: float
+    end: float
+    text: str
 
 
 @dataclass(frozen=True)
 class SessionEnded:
+    """`transcript` is every final in time order; a multi-channel session adds each channel's transcript
+    (`channels`) and the merged finals with their channel labels (`merged`)."""
+
     session_id: str
     total_duration: float
     transcript: str
+    channels: tuple[str, ...] | None = None
+    merged: tuple[ChannelFinal, ...] | None = None
     type: str = "session.end"
 
     def to_json(self) -> dict[str, Any]:
-        return {"type": self.type, "session_id": self.session_id, "total_duration": self.total_duration,
-                "transcript": self.transcript}
+        data: dict[str, Any] = {"type": self.type, "session_id": self.session_id,
+                                "total_duration": self.total_duration, "transcript": self.transcript}
+        if self.channels is not None:
+            data["channels"] = [{"channel": i, "transcript": text} for i, text in enumerate(self.channels)]
+            data["merged"] = [asdict(final) for final in self.merged or ()]
+        return data
+
+
+@dataclass(frozen=True)
+class SessionConfigured:
+    """The answer to `configure`: the session's vocabulary and endpointing now."""
+
+    config: dict[str, Any] = field(default_factory=dict)
+    type: str = "session.configured"
+
+    def to_json(self) -> dict[str, Any]:
+        return {"type": self.type, **self.config}
 
 
 @dataclass(frozen=True)
@@ -267,4 +476,5 @@ class ErrorOccurred:
 
 ServerEvent = (
     SessionBegan | SpeechStarted | SpeechEnded | PartialTranscribed | FinalTranscribed | SessionEnded | ErrorOccurred
+    | SessionConfigured
 )

@@ -1,7 +1,9 @@
 """SessionActor: one live stream in, interim and final text out (DESIGN §5, §7).
 
-It owns its PCM decoder, VAD segmenter, pending finals and assembler; the speech model is shared through a
-TranscriberActor. Events go to an async `sink` (a WebSocket, a link, or a callback of an embedding service).
+It owns its audio decoder and one `Channel` per audio channel (each with its own VAD segmenter, pending finals and
+assembler); the speech model is shared through a TranscriberActor. It also owns what the client may tune while
+it runs: vocabulary (keyterms, prompt) and endpointing (`configure`), and the idle clock (`keepalive`).
+Events go to an async `sink` (a WebSocket, a link, or a callback of an embedding service).
 The session stops itself after `session.end`, or after an error that ends it; whoever runs it closes the
 client's connection when it stops, with the close code of the last error (`last_error`).
 """
@@ -10,37 +12,38 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import structlog
 
-from dalston.actors.assembler import PartialStabilizer, TranscriptAssembler
-from dalston.actors.audio import InvalidAudio, PcmDecoder
-from dalston.actors.finals import PendingFinal, PendingFinals
+from dalston.actors.audio import InvalidAudio, new_decoder
+from dalston.actors.channel import Channel, DecodeOptions
 from dalston.actors.protocol import (
+    ChannelFinal,
+    Configure,
     End,
     ErrorCode,
     ErrorOccurred,
-    FinalTranscribed,
     Flush,
-    PartialTranscribed,
+    Keepalive,
     ServerEvent,
     SessionBegan,
+    SessionBounds,
+    SessionConfigured,
     SessionEnded,
-    SpeechEnded,
-    SpeechStarted,
     StreamParams,
-    WordTiming,
+    check_endpointing,
+    check_vocabulary,
 )
 from dalston.actors.runtime import NORMAL, Actor, ActorDead, ActorRef, Down, ExitReason
-from dalston.actors.silero import SegmenterEvent, SpeechSegmenter
-from dalston.actors.transcriber import CancelDecode, CancelSession, Decoded, DecodeRequest, UtteranceEnded
-from dalston.actors.vad import PauseStarted, SpeechResumed
-from dalston.actors.vad import SpeechEnded as VadSpeechEnded
-from dalston.actors.vad import SpeechStarted as VadSpeechStarted
+from dalston.actors.silero import SpeechSegmenter
+from dalston.actors.transcriber import CancelSession, Decoded
+from dalston.actors.vad import VadParams
 
 log = structlog.get_logger(__name__)
 
@@ -65,11 +68,22 @@ class _Tick:
 @dataclass(frozen=True)
 class SessionLimits:
     max_frame_bytes: int = 131072
-    idle_timeout_s: float = 60.0
+    # No audio and no keepalive for this long ends a session. Five minutes: a meeting's long pause (a break, a
+    # screen share) is kept; a client gone silent without closing still frees its slot. Keepalive extends it.
+    idle_timeout_s: float = 300.0
     max_duration_s: float = 14400.0
     partial_interval_ms: int = 500
     tick_s: float = 0.5
     transcriber_restart_wait_s: float = 15.0  # how long a session waits for a restarted model
+    bounds: SessionBounds = field(default_factory=SessionBounds)  # what `configure` may ask
+
+
+def whisper_prompt(keyterms: tuple[str, ...], prompt: str) -> str | None:
+    """The decoder prompt for a session's vocabulary: Whisper continues the text it is shown, so terms listed
+    there come out spelt that way when they are said (and, short of hallucination, not when they are not)."""
+    parts = [f"Glossary: {', '.join(keyterms)}." if keyterms else "", prompt]
+    text = " ".join(part for part in parts if part)
+    return text or None
 
 
 class SessionActor(Actor):
@@ -92,21 +106,35 @@ class SessionActor(Actor):
         self.limits = limits or SessionLimits()
         self._transcriber = transcriber
         self._find_transcriber = find_transcriber
-        self._segmenter = segmenter
         self._sink = sink
-        self._language = params.language if params.language != "auto" else model_language
-        self._pcm = PcmDecoder(params.sample_rate, self.limits.max_frame_bytes)
-        self._finals = PendingFinals()
-        self._assembler = TranscriptAssembler()
-        self._stabilizer = PartialStabilizer()
-        self._utterance = 0  # id of the current (or last) utterance
-        self._in_speech = False
+        self._fixed_language = params.language if params.language != "auto" else model_language
+        self._detected_language: str | None = None
+        self._decoder = new_decoder(params.encoding, params.sample_rate, self.limits.max_frame_bytes,
+                                    params.channels)
+        self._keyterms, self._prompt = params.keyterms, params.prompt
+        self._refusal: str | None = None  # endpointing that cannot work together: refused at start
+        try:
+            self._vad_params = _endpointing(segmenter.machine.params, params.min_silence_ms, params.max_segment_s,
+                                            params.vad_threshold)
+        except ValueError as error:
+            self._vad_params, self._refusal = segmenter.machine.params, str(error)
+        self._vad_source = segmenter.vad
+        self._channels = [self._new_channel(i, segmenter if i == 0 else None) for i in range(params.channels)]
+        self._by_key = {channel.decode_key: channel for channel in self._channels}
         self._next_request = 0
-        self._samples_at_last_partial = 0
         self._ending = False
         self._ended = False
-        self._last_audio_at = time.monotonic()
+        self._last_activity_at = time.monotonic()
         self.last_error: ErrorOccurred | None = None
+
+    def _new_channel(self, index: int, segmenter: SpeechSegmenter | None) -> Channel:
+        if segmenter is None:  # the same VAD backend, with its own recurrent state
+            segmenter = SpeechSegmenter(type(self._vad_source)(), self._vad_params)
+        else:
+            segmenter.machine.retune(self._vad_params)
+        mono = self.params.channels == 1
+        return Channel(None if mono else index, self.session_id if mono else f"{self.session_id}/{index}",
+                       segmenter, self)
 
     # -- lifecycle ----------------------------------------------------------------------------------------
 
@@ -115,13 +143,22 @@ class SessionActor(Actor):
         # (a kill included), so there is no on_stop to write and nothing in it that could block.
         self._transcriber.monitor(self.ref)
         self.ref.monitor(self._cancel_queued_decodes)
-        config = {**self.params.to_json(), "interim_results": self.params.interim_results}
-        await self._emit(SessionBegan(self.session_id, config))
+        await self.emit(SessionBegan(self.session_id, {**self.params.to_json(), **self._settings()}))
+        if self._refusal is not None:
+            await self.fail(ErrorCode.INVALID_REQUEST, self._refusal)
+            return
         self.start_task(self._tick_forever(), name=f"tick:{self.session_id}")
+
+    def _settings(self) -> dict[str, Any]:
+        """The settings a client may change, as they are now (session.begin and session.configured)."""
+        vad = self._vad_params
+        return {"keyterms": list(self._keyterms), "prompt": self._prompt, "min_silence_ms": vad.min_silence_ms,
+                "max_segment_s": vad.max_segment_s, "vad_threshold": vad.threshold}
 
     def _cancel_queued_decodes(self, _ref: ActorRef, _reason: ExitReason) -> None:
         with contextlib.suppress(ActorDead):  # never waits: the model actor must not hold up a stopping session
-            self._transcriber.tell_unbounded(CancelSession(self.session_id))
+            for key in self._by_key:
+                self._transcriber.tell_unbounded(CancelSession(key))
 
     async def _tick_forever(self) -> None:
         while True:
@@ -136,11 +173,19 @@ class SessionActor(Actor):
             case PushAudio(data):
                 await self._on_audio(data)
             case Decoded():
-                await self._on_decoded(message)
+                channel = self._by_key.get(message.session_id)
+                if channel is not None:
+                    await channel.on_decoded(message)
+                    await self._finish_if_done()
             case Flush():
-                await self._flush()
+                for channel in self._channels:
+                    await channel.flush()
             case End():
                 await self._begin_ending()
+            case Keepalive():
+                self._last_activity_at = time.monotonic()
+            case Configure():
+                await self._configure(message)
             case _Tick():
                 await self._check_limits()
             case Down(ref) if ref is self._transcriber:
@@ -152,13 +197,14 @@ class SessionActor(Actor):
         """The model actor stopped: wait for its supervisor's fresh one and hand it the undecoded finals."""
         replacement = await self._find_replacement()
         if replacement is None:
-            await self._fail(ErrorCode.INTERNAL_ERROR, "the speech model stopped; the session cannot go on")
+            await self.fail(ErrorCode.INTERNAL_ERROR, "the speech model stopped; the session cannot go on")
             return
         log.warning("session.transcriber_replaced", session_id=self.session_id, transcriber=replacement.name)
         self._transcriber = replacement
         replacement.monitor(self.ref)
-        for final in self._finals.unanswered():
-            await self._submit_final(final)
+        for channel in self._channels:
+            for final in channel.finals.unanswered():
+                await channel.submit_final(final)
 
     async def _find_replacement(self) -> ActorRef | None:
         if self._find_transcriber is None:
@@ -173,52 +219,81 @@ class SessionActor(Actor):
 
     async def _on_audio(self, data: bytes) -> None:
         if self._ending:
-            await self._emit(ErrorOccurred(ErrorCode.INVALID_MESSAGE,
-                                           "the session is ending: audio after 'end' or a timeout is not transcribed"))
+            await self.emit(ErrorOccurred(ErrorCode.INVALID_MESSAGE,
+                                          "the session is ending: audio after 'end' or a timeout is not transcribed"))
             return
         try:
-            samples = self._pcm.decode(data)
+            samples = self._decoder.decode(data)
         except InvalidAudio as error:
-            await self._fail(ErrorCode.INVALID_AUDIO, str(error))
+            await self.fail(ErrorCode.INVALID_AUDIO, str(error))
             return
-        self._last_audio_at = time.monotonic()
-        await self._handle_vad(self._segmenter.push(samples))
-        await self._maybe_request_partial()
+        self._last_activity_at = time.monotonic()
+        await self._push(samples)
 
-    async def _flush(self) -> None:
-        await self._handle_vad(self._segmenter.flush())
+    async def _push(self, samples: np.ndarray) -> None:
+        if samples.shape[1] == 0:
+            return
+        for channel, row in zip(self._channels, samples, strict=True):
+            await channel.push(row)
+            if self._ended:
+                return
+
+    async def _configure(self, message: Configure) -> None:
+        """Vocabulary and endpointing for what is said from now on; out of bounds: reported, nothing changed."""
+        bounds = self.limits.bounds
+        try:
+            vocabulary = check_vocabulary(self._keyterms if message.keyterms is None else message.keyterms,
+                                          self._prompt if message.prompt is None else message.prompt, bounds)
+            check_endpointing(message.min_silence_ms, message.max_segment_s, message.vad_threshold, bounds)
+            vad = _endpointing(self._vad_params, message.min_silence_ms, message.max_segment_s,
+                               message.vad_threshold)
+        except ValueError as error:
+            await self.emit(ErrorOccurred(ErrorCode.INVALID_MESSAGE, f"configure: {error}"))
+            return
+        self._keyterms, self._prompt = vocabulary["keyterms"], vocabulary["prompt"]
+        self._vad_params = vad
+        for channel in self._channels:
+            channel.segmenter.machine.retune(vad)
+        await self.emit(SessionConfigured(self._settings()))
 
     async def _begin_ending(self) -> None:
         if self._ending:
             return
         self._ending = True
-        tail = self._pcm.finish()
-        events = self._segmenter.push(tail) if tail.size else []
-        await self._handle_vad(events + self._segmenter.flush())
+        try:
+            tail = self._decoder.finish()
+        except InvalidAudio as error:
+            await self.fail(ErrorCode.INVALID_AUDIO, str(error))
+            return
+        await self._push(tail)
+        for channel in self._channels:
+            await channel.flush()
         await self._finish_if_done()
 
     async def _check_limits(self) -> None:
         if self._ending:
             return
-        audio_s = self._segmenter.samples_seen / SAMPLE_RATE
-        idle_s = time.monotonic() - self._last_audio_at
+        audio_s = self._channels[0].segmenter.samples_seen / SAMPLE_RATE
+        idle_s = time.monotonic() - self._last_activity_at
         if audio_s >= self.limits.max_duration_s:
             await self._timeout(f"the session reached its maximum length of {self.limits.max_duration_s:g} s")
         elif idle_s >= self.limits.idle_timeout_s:
-            await self._timeout(f"no audio for {self.limits.idle_timeout_s:g} s")
+            await self._timeout(f"no audio or keepalive for {self.limits.idle_timeout_s:g} s")
 
     async def _timeout(self, why: str) -> None:
         # Said at once, before the buffered speech is finalised: audio the client sends meanwhile is refused,
         # and the client must know why before it reads that refusal.
         self.last_error = ErrorOccurred(ErrorCode.SESSION_TIMEOUT, why)
-        await self._emit(self.last_error)
+        await self.emit(self.last_error)
         await self._begin_ending()
 
-    async def _fail(self, code: ErrorCode, message: str) -> None:
+    async def fail(self, code: ErrorCode, message: str) -> None:
         """An error that ends the session at once; whatever was already final stays delivered."""
+        if self._ended:
+            return
         error = ErrorOccurred(code, message)
         self.last_error = error
-        await self._emit(error)
+        await self.emit(error)
         self._ended = True
         if code is ErrorCode.INTERNAL_ERROR:
             log.error("session.failed", session_id=self.session_id, code=str(code), message=message)
@@ -229,144 +304,68 @@ class SessionActor(Actor):
                         message=message)
             self.stop_self(ExitReason("normal", str(code)))
 
-    # -- voice activity -----------------------------------------------------------------------------------
-
-    async def _handle_vad(self, events: list[SegmenterEvent]) -> None:
-        for item in events:
-            match item.event:
-                case VadSpeechStarted(start):
-                    self._utterance += 1
-                    self._in_speech = True
-                    self._stabilizer.reset()
-                    self._samples_at_last_partial = start
-                    await self._emit(SpeechStarted(round(start / SAMPLE_RATE, 3)))
-                case PauseStarted(start, end):
-                    # A queued partial of this utterance would only compete with its early final.
-                    await self._tell_transcriber(UtteranceEnded(self.session_id, self._utterance))
-                    await self._request_final(start, end, item, confirmed=False)
-                case SpeechResumed():
-                    withdrawn = self._finals.withdraw_tentative()
-                    if withdrawn is not None:
-                        await self._tell_transcriber(CancelDecode(self.session_id, withdrawn.request_id))
-                case VadSpeechEnded(start, end):
-                    await self._on_speech_ended(start, end, item)
-
-    async def _on_speech_ended(self, start: int, end: int, item: SegmenterEvent) -> None:
-        self._in_speech = False
-        await self._tell_transcriber(UtteranceEnded(self.session_id, self._utterance))
-        tentative = self._finals.tentative()
-        if tentative is not None and (tentative.start_sample, tentative.end_sample) == (start, end):
-            tentative.confirmed = True  # its decode started when the pause began
-        else:
-            if tentative is not None:
-                self._finals.withdraw_tentative()
-                await self._tell_transcriber(CancelDecode(self.session_id, tentative.request_id))
-            await self._request_final(start, end, item, confirmed=True)
-        await self._emit(SpeechEnded(round(end / SAMPLE_RATE, 3)))
-        await self._publish_ready()
-
-    async def _request_final(self, start: int, end: int, item: SegmenterEvent, *, confirmed: bool) -> None:
-        assert item.audio is not None
-        request_id = self._new_request_id()
-        final = PendingFinal(self._utterance, request_id, start, end, confirmed, item.audio)
-        self._finals.add(final)
-        await self._submit_final(final)
-
-    async def _submit_final(self, final: PendingFinal) -> None:
-        await self._tell_transcriber(DecodeRequest(
-            self.session_id, final.utterance_id, final.request_id, final.audio, final.start_sample / SAMPLE_RATE,
-            True, self.ref, word_timestamps=self.params.word_timestamps, language=self._language,
-        ))
-
-    async def _maybe_request_partial(self) -> None:
-        if not (self.params.interim_results and self._in_speech) or self._finals.tentative() is not None:
-            return
-        interval = self.limits.partial_interval_ms * SAMPLE_RATE // 1000
-        if self._segmenter.samples_seen - self._samples_at_last_partial < interval:
-            return
-        utterance = self._segmenter.current_utterance()
-        if utterance is None:
-            return
-        start, audio = utterance
-        self._samples_at_last_partial = self._segmenter.samples_seen
-        await self._tell_transcriber(DecodeRequest(
-            self.session_id, self._utterance, self._new_request_id(), audio, start / SAMPLE_RATE, False,
-            self.ref, language=self._language,
-        ))
-
-    # -- decodes ------------------------------------------------------------------------------------------
-
-    async def _on_decoded(self, decoded: Decoded) -> None:
-        if not decoded.final:
-            await self._on_partial(decoded)
-            return
-        if not self._finals.answer(decoded.request_id, decoded.result, decoded.error):
-            return  # a tentative final withdrawn when speech resumed
-        await self._publish_ready()
-
-    async def _on_partial(self, decoded: Decoded) -> None:
-        if decoded.error or decoded.result is None or decoded.utterance_id != self._utterance:
-            return
-        if not self._in_speech or self._finals.tentative() is not None:
-            return  # the utterance ended (or paused) meanwhile: its final is on the way
-        text = decoded.result.text.strip()
-        if not text:
-            return
-        view = self._stabilizer.update(text)
-        start = decoded.result.segments[0].start_s if decoded.result.segments else 0.0
-        await self._emit(PartialTranscribed(view.text, round(start, 3), view.stable_text))
-
-    async def _publish_ready(self) -> None:
-        for final in self._finals.pop_ready():
-            if final.error is not None:
-                await self._fail(ErrorCode.INTERNAL_ERROR, f"decoding failed: {final.error}")
-                return
-            await self._publish_final(final)
-        await self._finish_if_done()
-
-    async def _publish_final(self, final: PendingFinal) -> None:
-        result = final.result
-        text = result.text.strip() if result is not None else ""
-        if not text:
-            return  # silence or noise the guards threw away: no final text
-        start_s, end_s = final.start_sample / SAMPLE_RATE, final.end_sample / SAMPLE_RATE
-        words = None
-        if self.params.word_timestamps:
-            words = tuple(
-                WordTiming(w.word.strip(), round(w.start_s, 3), round(w.end_s, 3), round(w.confidence, 3))
-                for segment in result.segments for w in (segment.words or ())
-            )
-        if self._language is None and result.language:
-            self._language = result.language  # detected once; later decodes skip detection (~0.6 s on base)
-        self._assembler.add_final(text, start_s, end_s)
-        await self._emit(FinalTranscribed(text, round(start_s, 3), round(end_s, 3), words, result.language))
-
     async def _finish_if_done(self) -> None:
-        if not self._ending or self._ended or len(self._finals):
+        if not self._ending or self._ended or any(len(channel.finals) for channel in self._channels):
             return
         self._ended = True
-        total = round(self._segmenter.samples_seen / SAMPLE_RATE, 3)
-        await self._emit(SessionEnded(self.session_id, total, self._assembler.transcript))
+        total = round(self._channels[0].segmenter.samples_seen / SAMPLE_RATE, 3)
+        if len(self._channels) == 1:
+            await self.emit(SessionEnded(self.session_id, total, self._channels[0].assembler.transcript))
+        else:
+            merged = sorted((ChannelFinal(channel.index or 0, round(final.start_s, 3), round(final.end_s, 3),
+                                          final.text)
+                             for channel in self._channels for final in channel.assembler.finals),
+                            key=lambda final: (final.start, final.channel))
+            await self.emit(SessionEnded(
+                self.session_id, total, " ".join(final.text for final in merged),
+                channels=tuple(channel.assembler.transcript for channel in self._channels), merged=tuple(merged)))
         self.stop_self(NORMAL)
 
-    # -- helpers ------------------------------------------------------------------------------------------
+    # -- what a channel asks of its session ---------------------------------------------------------------
 
-    def _new_request_id(self) -> int:
+    def decode_options(self) -> DecodeOptions:
+        per_utterance = self.params.language_detection == "utterance"
+        language = self._fixed_language or (None if per_utterance else self._detected_language)
+        return DecodeOptions(self.params.word_timestamps, language, whisper_prompt(self._keyterms, self._prompt),
+                             self.params.interim_results, self.limits.partial_interval_ms)
+
+    def language_detected(self, language: str) -> None:
+        if self._detected_language is None:
+            self._detected_language = language  # detected once; later decodes skip detection (~0.6 s on base)
+
+    def new_request_id(self) -> int:
         self._next_request += 1
         return self._next_request
 
-    async def _tell_transcriber(self, message: Any) -> None:
+    async def tell_transcriber(self, message: Any) -> None:
         with contextlib.suppress(ActorDead):  # a dead transcriber is reported through its Down message
             await self._transcriber.tell(message)
 
-    async def _emit(self, event: ServerEvent) -> None:
+    async def emit(self, event: ServerEvent) -> None:
         await self._sink(event)
 
     def statistics_extra(self) -> dict[str, Any]:
         return {
             "session_id": self.session_id,
             "model": self.params.model,
-            "audio_s": round(self._segmenter.samples_seen / SAMPLE_RATE, 3),
-            "finals_pending": len(self._finals),
-            "in_speech": self._in_speech,
+            "audio_s": round(self._channels[0].segmenter.samples_seen / SAMPLE_RATE, 3),
+            "channels": len(self._channels),
+            "finals_pending": sum(len(channel.finals) for channel in self._channels),
+            "in_speech": any(channel.in_speech for channel in self._channels),
         }
+
+
+def _endpointing(base: VadParams, min_silence_ms: int | None, max_segment_s: float | None,
+                 threshold: float | None) -> VadParams:
+    """`base` with a client's overrides; ValueError (naming the parameter) if they do not fit together."""
+    changes: dict[str, Any] = {}
+    if min_silence_ms is not None:
+        changes["min_silence_ms"] = min_silence_ms
+    if max_segment_s is not None:
+        changes["max_segment_s"] = max_segment_s
+    if threshold is not None:
+        changes["threshold"] = threshold
+    try:
+        return dataclasses.replace(base, **changes)
+    except ValueError as error:
+        raise ValueError(f"max_segment_s: {error}") from None

@@ -68,6 +68,7 @@ class DecodeRequest:
     language: str | None = None
     submitted_at: float = field(default_factory=time.monotonic)
     stable_prefix: str = ""  # the utterance's stable partial text: a final contradicting it is decoded again
+    prompt: str | None = None  # Whisper initial prompt (the session's keyterms and prompt)
 
 
 @dataclass(frozen=True)

@@ -178,6 +178,14 @@ class VadStateMachine:
             return self._padded_start(self._raw_start)
         return self._seg_start
 
+    def retune(self, params: VadParams) -> None:
+        """New endpointing from the next window on (a client's `configure`). Only the window size and rate
+        must stay: they fix where windows fall. A pause already announced may end with the new padding; the
+        session then decodes the segment again with its confirmed bounds."""
+        if (params.window_samples, params.sample_rate) != (self.params.window_samples, self.params.sample_rate):
+            raise ValueError("retune cannot change window_samples or sample_rate")
+        self.params = params
+
     def feed(self, probability: float, num_samples: int | None = None) -> list[VadEvent]:
         """One window of `num_samples` (default `window_samples`; a shorter last window before a flush)."""
         size = self.params.window_samples if num_samples is None else num_samples
