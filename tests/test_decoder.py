@@ -25,7 +25,7 @@ from dalston.actors.decoder import (
     is_made_up,
     repeat_kept_indices,
 )
-from dalston.actors.encoder_window import WindowPolicy
+from dalston.actors.encoder_window import WindowPolicy, window_frames
 from dalston.actors.models import ModelCatalogue
 from dalston.wer import corpus_word_error_rate, word_error_rate, word_key
 
@@ -312,3 +312,14 @@ def test_a_batch_decodes_each_utterance_as_it_would_be_decoded_alone(windows: di
                     [t for s in b.segments for t in (s.start_s, s.end_s)])
                 assert [w.word for s in a.segments for w in s.words or ()] == \
                     [w.word for s in b.segments for w in s.words or ()]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("samples", [1, 159, 160, 16_000, 64_159, 64_160, 480_000])
+def test_the_batch_key_is_the_window_the_feature_extractor_frames_get(windows: dict[str, WhisperDecoder],
+                                                                      samples: int) -> None:
+    from faster_whisper.feature_extractor import FeatureExtractor
+
+    frames = FeatureExtractor(feature_size=80)(np.zeros(samples, dtype=np.float32)).shape[-1] - 1
+    decoder = windows["fit"]
+    assert decoder.batch_key(samples) == window_frames(frames, decoder.policy)

@@ -119,7 +119,7 @@ class DirectWhisper:
 
     def content_frames(self, samples: int) -> int:
         """Mel frames of `samples` of audio, as the feature extractor computes them (less its padding frame)."""
-        return (samples + 160) // 160  # 160 samples of padding, centred STFT: n // hop + 1, minus one
+        return samples // 160  # (samples + 160 of padding) // hop + 1 frames, the last of them padding
 
     def run(self, jobs: Sequence[Job]) -> list[JobOutput]:
         """Decode `jobs` as one batch (same beam size for all: the first job's)."""
