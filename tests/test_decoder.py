@@ -288,6 +288,7 @@ class Request:
     word_timestamps: bool = True
     language: str | None = "en"
     offset_s: float = 2.0
+    prompt: str | None = None
 
 
 @pytest.mark.slow
@@ -323,3 +324,16 @@ def test_the_batch_key_is_the_window_the_feature_extractor_frames_get(windows: d
     frames = FeatureExtractor(feature_size=80)(np.zeros(samples, dtype=np.float32)).shape[-1] - 1
     decoder = windows["fit"]
     assert decoder.batch_key(samples) == window_frames(frames, decoder.policy)
+
+
+@pytest.mark.slow
+def test_a_batch_of_utterances_with_different_prompts_decodes_each_as_alone(
+        windows: dict[str, WhisperDecoder]) -> None:
+    decoder = windows["fit"]
+    short = [read_clip(clip) for clip in CLIPS if read_clip(clip).size < 4 * SAMPLE_RATE]
+    prompt = "Sense and Sensibility, by Jane Austen."
+    requests = [Request(short[0], prompt=prompt), Request(short[1]), Request(short[1], prompt=prompt)]
+    together = decoder.decode_batch(requests)
+    alone = [decoder.decode_batch([r])[0] for r in requests]
+    assert [r.text for r in together] == [r.text for r in alone]
+    assert all(r.text for r in together)

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 import redis.asyncio as aioredis
+from redis.crc import key_slot
 from registry_harness import LIVENESS_TTL_S, Harness, assert_consistent
 
 from dalston.supervisor.redis_registry import RedisRegistry
@@ -172,11 +173,11 @@ async def test_excluded_workers_are_skipped(registry: NodeRegistry) -> None:
     assert await counts(registry) == {"big": 0, "small": 1}
 
 
-async def test_a_heartbeat_never_touches_the_session_count(registry: NodeRegistry) -> None:
+async def test_a_heartbeat_listing_the_running_sessions_keeps_the_count(registry: NodeRegistry) -> None:
     await register(registry, worker("a", 3))
     await registry.acquire(session("s1"))
     await registry.acquire(session("s2"))
-    assert await registry.heartbeat("a", LIVENESS_TTL_S)
+    assert await registry.heartbeat("a", LIVENESS_TTL_S, ["s1", "s2"])
     assert await counts(registry) == {"a": 2}
     assert await registry.free_slots("fast") == {"a": 1}
 
@@ -220,7 +221,7 @@ async def test_a_heartbeat_revives_a_lapsed_worker_not_yet_reaped(harness: Harne
     await registry.acquire(session("s1"))
     await harness.expire_liveness(registry, "a")
     assert await registry.acquire(session("s2")) is None
-    assert await registry.heartbeat("a", LIVENESS_TTL_S)
+    assert await registry.heartbeat("a", LIVENESS_TTL_S, ["s1"])
     assert await registry.free_slots("fast") == {"a": 1}
     assert await registry.acquire(session("s2")) is not None
     assert await counts(registry) == {"a": 2}
@@ -280,33 +281,52 @@ async def redis_registry(redis_client: aioredis.Redis, redis_prefix: str) -> Red
     return RedisRegistry(redis_client, prefix=redis_prefix, ended_session_ttl_s=3600)
 
 
-async def test_redis_keys_follow_the_documented_layout(
+async def test_redis_keys_follow_the_documented_layout_under_one_hash_tag(
     redis_registry: RedisRegistry, redis_client: aioredis.Redis, redis_prefix: str
 ) -> None:
     await redis_registry.register(worker("a", 2, MODELS), liveness_ttl_s=10)
     await redis_registry.acquire(session("s1"))
-    fields = await redis_client.hgetall(f"{redis_prefix}worker:a")
-    assert set(fields) == {"endpoint", "status", "capacity", "active_sessions", "models_loaded"} | {
-        "started_at",
-        "last_heartbeat",
-    }
-    assert json.loads(fields["models_loaded"]) == list(MODELS)
-    assert await redis_client.smembers(f"{redis_prefix}workers") == {"a"}
-    assert 0 < await redis_client.pttl(f"{redis_prefix}worker:a:alive") <= 10_000
-    assert await redis_client.smembers(f"{redis_prefix}worker:a:sessions") == {"s1"}
-    assert await redis_client.zscore(f"{redis_prefix}free:fast", "a") == 1
-    session_fields = await redis_client.hgetall(f"{redis_prefix}session:s1")
-    assert session_fields["status"] == "active" and session_fields["worker_id"] == "a"
-    assert await redis_client.ttl(f"{redis_prefix}session:s1") == -1  # active sessions do not expire
+    await redis_registry.acquire(session("s2"))
+    await redis_registry.release("s2")
+    await redis_registry.mark_suspect("b", 5)
+    tag = "{" + redis_prefix + "}"
+    keys = {key async for key in redis_client.scan_iter(match=f"*{redis_prefix}*")}
+    names = {"workers", "alive", "sessions", "leases", "by_worker", "ended", "suspect", "models"}
+    assert keys == {tag + name for name in names | {"free:fast", "free:accurate"}}
+    assert len({key_slot(key.encode()) for key in keys}) == 1  # one slot: the scripts run on Redis Cluster
+    record = json.loads(await redis_client.hget(tag + "workers", "a"))
+    assert set(record) == {"endpoint", "status", "capacity", "active", "models", "instance", "started_at",
+                           "last_heartbeat"}
+    assert (record["active"], record["models"], record["status"]) == (1, list(MODELS), "ready")
+    (seconds, micros) = await redis_client.time()
+    now_ms = seconds * 1000 + micros // 1000
+    assert 0 < await redis_client.zscore(tag + "alive", "a") - now_ms <= 10_000
+    assert 0 < await redis_client.zscore(tag + "leases", "s1") - now_ms <= 10_000  # the default lease TTL
+    assert await redis_client.zrange(tag + "by_worker", 0, -1) == ["a\0s1"]
+    assert await redis_client.zscore(tag + "free:fast", "a") == 1
+    assert await redis_client.smembers(tag + "models") == set(MODELS)
+    assert json.loads(await redis_client.hget(tag + "sessions", "s1"))["status"] == "active"
+    ended = json.loads(await redis_client.hget(tag + "sessions", "s2"))
+    assert (ended["status"], ended["ended_by"]) == ("ended", "release")
+    assert 3_500_000 < await redis_client.zscore(tag + "ended", "s2") - now_ms <= 3_600_000
+    assert await redis_client.zscore(tag + "leases", "s2") is None
 
 
-async def test_ended_sessions_carry_a_redis_ttl(
-    redis_registry: RedisRegistry, redis_client: aioredis.Redis, redis_prefix: str
+async def test_ended_session_records_are_dropped_after_their_ttl(
+    redis_client: aioredis.Redis, redis_prefix: str
 ) -> None:
-    await redis_registry.register(worker("a"), LIVENESS_TTL_S)
-    await redis_registry.acquire(session("s1"))
-    await redis_registry.release("s1")
-    assert 3500 < await redis_client.ttl(f"{redis_prefix}session:s1") <= 3600
+    registry = RedisRegistry(redis_client, prefix=redis_prefix, ended_session_ttl_s=0.05)
+    await registry.register(worker("a", 30), LIVENESS_TTL_S)
+    for n in range(20):
+        await registry.acquire(session(f"s{n}"))
+        await registry.release(f"s{n}")
+    await asyncio.sleep(0.1)
+    for n in range(20, 25):  # every script drops a few expired records on its way
+        await registry.acquire(session(f"s{n}"))
+        await registry.release(f"s{n}")
+    stored = await redis_client.hlen("{" + redis_prefix + "}sessions")
+    assert stored <= 5
+    assert await registry.get_session("s0") is None
 
 
 async def test_a_liveness_key_lapses_by_itself_when_heartbeats_stop(redis_registry: RedisRegistry) -> None:

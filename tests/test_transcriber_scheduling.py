@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -338,3 +339,17 @@ def test_a_batch_holds_one_kind_one_key_at_most_limit_requests_and_each_request_
         served += [r.request_id for r in batch]
     assert len(served) == len(set(served))
     assert len(served) == len(submissions) - queue.statistics().partials_replaced
+
+
+async def test_requests_with_different_prompts_are_not_batched_together() -> None:
+    decoder = BatchingDecoder(max_batch=8)
+    transcriber, inbox_ref, inbox = await start_batching(decoder)
+    await transcriber.tell(sized(inbox_ref, 0, 1, final=True))  # occupies the only thread
+    for session, prompt in ((1, None), (2, "Dalston"), (3, None), (4, "Dalston")):
+        await transcriber.tell(replace(sized(inbox_ref, session, 1, final=True), prompt=prompt))
+    await asyncio.sleep(0.05)
+    decoder.gate.set()
+    await wait_for_answers(inbox, 5)
+    assert decoder.calls[1:] == [[("s1", True), ("s3", True)], [("s2", True), ("s4", True)]]
+    await transcriber.stop()
+    await inbox_ref.stop()

@@ -289,9 +289,13 @@ class WhisperDecoder:
         long = [i for i, job in jobs.items() if self._direct.content_frames(job.audio.size) > FULL_WINDOW_FRAMES]
         for i in long:  # beyond one window (the VAD cuts before that): faster-whisper's sequential windows
             results[i] = self._decode_long(jobs.pop(i), requests[i].offset_s)
-        outputs = self._direct.run(list(jobs.values()))
-        for (i, job), output in zip(jobs.items(), outputs, strict=True):
-            results[i] = self._finish(job, output, requests[i].offset_s)
+        # CTranslate2 wants <|startoftranscript|> at one position in a batch: one call per prompt.
+        outputs: list[JobOutput] = []
+        for prompt in dict.fromkeys(job.prompt for job in jobs.values()):
+            group = {i: job for i, job in jobs.items() if job.prompt == prompt}
+            outputs += self._direct.run(list(group.values()))
+            for (i, job), output in zip(group.items(), outputs[-len(group):], strict=True):
+                results[i] = self._finish(job, output, requests[i].offset_s)
         decode_s = time.perf_counter() - started
         self._count(results, outputs, decode_s)
         return [replace(result, decode_s=decode_s) for result in results if result is not None]

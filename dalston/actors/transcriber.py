@@ -180,14 +180,15 @@ class TranscriberActor(Actor):
             self._running.add(task)
 
     def _batch_with(self, first: DecodeRequest) -> list[DecodeRequest]:
-        """`first` and the requests of its kind waiting now that fit its encoder window, up to max_batch."""
+        """`first` and the requests of its kind waiting now with its encoder window and prompt, up to max_batch."""
         decoder = self._decoder
         max_batch = getattr(decoder, "max_batch", 1)
         if max_batch <= 1 or not hasattr(decoder, "decode_batch"):
             return [first]
         key = decoder.batch_key(first.audio.size)  # type: ignore[union-attr]
-        batch = self._queue.take_batch(first, max_batch, lambda r: decoder.batch_key(r.audio.size) == key,
-                                       busy_sessions=self._partial_sessions)
+        batch = self._queue.take_batch(  # one prompt per batch: the model would split it anyway
+            first, max_batch, lambda r: decoder.batch_key(r.audio.size) == key and r.prompt == first.prompt,
+            busy_sessions=self._partial_sessions)
         self._batches += 1
         self._batched_requests += len(batch)
         self._largest_batch = max(self._largest_batch, len(batch))

@@ -9,6 +9,7 @@ have the model, chosen from a per-model index of free slots so that acquiring ne
 from __future__ import annotations
 
 import abc
+from collections.abc import Collection
 from dataclasses import dataclass
 from enum import StrEnum
 from types import TracebackType
@@ -16,6 +17,7 @@ from typing import Self
 
 DEFAULT_PREFIX = "dalston:realtime:"
 DEFAULT_ENDED_SESSION_TTL_S = 3600.0
+DEFAULT_LEASE_TTL_S = 10.0
 
 
 class WorkerStatus(StrEnum):
@@ -41,6 +43,10 @@ class SessionExists(RegistryError):
     """An acquire named a session id that is already active."""
 
 
+class WorkerIdTaken(RegistryError):
+    """A live worker with this id, but another instance (another process), is registered already."""
+
+
 @dataclass(frozen=True)
 class WorkerInfo:
     """What a worker announces when it registers."""
@@ -49,6 +55,7 @@ class WorkerInfo:
     endpoint: str
     capacity: int
     models: tuple[str, ...]
+    instance: str = ""  # unique per process start: two processes claiming one worker id are told apart
 
     def __post_init__(self) -> None:
         if self.capacity < 0:
@@ -101,6 +108,14 @@ class SessionRecord:
 
 
 @dataclass(frozen=True)
+class ModelAvailability:
+    """`known`: models some worker has ever registered with; `ready`: models a live, ready worker has now."""
+
+    known: frozenset[str]
+    ready: frozenset[str]
+
+
+@dataclass(frozen=True)
 class Allocation:
     """A reserved slot: the session may now be spawned on `worker_id` at `endpoint`."""
 
@@ -123,21 +138,32 @@ class NodeRegistry(abc.ABC):
     Semantics every implementation keeps:
     - a worker is eligible for a new session while its liveness has not lapsed, its status is `ready`, it
       loaded the model and it has a free slot; among eligible workers the one with most free slots wins;
-    - `active_sessions` changes only by acquire (+1), release (-1, once per session) and reaping/deregistering
-      (back to nothing); a heartbeat never writes it;
+    - every active session is a lease on its slot: acquire starts it at `lease_ttl_s`; the worker's heartbeat,
+      which carries the ids of the sessions it runs, renews those and reconciles the rest (one atomic step):
+      a session of that worker absent from the list whose lease expired is ended and its slot freed; a live
+      session the registry does not know (after a reap or a Redis restart) is adopted. So a reservation that
+      no worker ever confirmed, or a release that never landed, holds its slot at most one lease TTL;
+    - `active_sessions` is the number of active sessions recorded on the worker; only acquire, release,
+      reconciliation and reaping/deregistering change it;
     - ended sessions are kept for `ended_session_ttl_s` and then vanish.
     """
 
     @abc.abstractmethod
-    async def register(self, worker: WorkerInfo, liveness_ttl_s: float) -> None:
-        """Announce a (re)started worker as ready with no sessions.
+    async def register(self, worker: WorkerInfo, liveness_ttl_s: float, live_sessions: Collection[str] = ()) -> None:
+        """Announce a (re)started worker as ready, with the sessions it still runs (adopted, leases renewed).
 
-        A record left by an earlier run with the same id is replaced and its sessions are ended.
+        A record left by an earlier run with the same id is replaced and its other sessions are ended; but a
+        live record of another instance (`WorkerInfo.instance`) is not: that raises `WorkerIdTaken`.
         """
 
     @abc.abstractmethod
-    async def heartbeat(self, worker_id: str, liveness_ttl_s: float) -> bool:
-        """Renew liveness. False when the registry does not know the worker: the caller registers again."""
+    async def heartbeat(self, worker_id: str, liveness_ttl_s: float, live_sessions: Collection[str] = (),
+                        instance: str = "") -> bool:
+        """Renew liveness and reconcile the worker's sessions against `live_sessions` (see the class doc).
+
+        False when the registry does not know the worker, or knows it as another instance: the caller
+        registers again (and learns from `WorkerIdTaken` if its id is taken).
+        """
 
     @abc.abstractmethod
     async def set_status(self, worker_id: str, status: str) -> bool:
@@ -157,6 +183,14 @@ class NodeRegistry(abc.ABC):
     @abc.abstractmethod
     async def release(self, session_id: str) -> bool:
         """End the session and free its slot. True only for the call that actually ended it."""
+
+    @abc.abstractmethod
+    async def mark_suspect(self, worker_id: str, for_s: float) -> None:
+        """A gateway failed to reach this worker: acquire skips it for `for_s` seconds, for every gateway."""
+
+    @abc.abstractmethod
+    async def models(self) -> ModelAvailability:
+        """Known and ready models, from per-model indexes (work independent of the number of workers)."""
 
     @abc.abstractmethod
     async def list_workers(self) -> list[WorkerRecord]:
