@@ -70,16 +70,22 @@ def _wait_until_ready(server: RedisServer) -> bool:
         client.close()
 
 
-def start_redis_server(folder: Path, port: int | None = None) -> RedisServer:
-    """Start a `redis-server` on 127.0.0.1 (a free port unless given) and wait until it answers PING."""
+def start_redis_server(folder: Path, port: int | None = None, *, persist: bool = False,
+                       extra_args: tuple[str, ...] = ()) -> RedisServer:
+    """Start a `redis-server` on 127.0.0.1 (a free port unless given) and wait until it answers PING.
+
+    `persist`: an append-only file in `folder`, synced on every write, so a server started again on the same
+    folder comes back with the data (a Redis restart that loses nothing).
+    """
     binary = shutil.which("redis-server")
     if binary is None:
         pytest.fail("redis-server is not installed (apt-get install redis-server)")
     folder.mkdir(parents=True, exist_ok=True)
     for _ in range(3):  # the free port may be taken between choosing it and binding it
         chosen = port or free_port()
-        args = [binary, "--port", str(chosen), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
-        args += ["--dir", str(folder), "--logfile", str(folder / "redis.log"), "--daemonize", "no"]
+        args = [binary, "--port", str(chosen), "--bind", "127.0.0.1", "--save", ""]
+        args += ["--appendonly", "yes", "--appendfsync", "always"] if persist else ["--appendonly", "no"]
+        args += ["--dir", str(folder), "--logfile", str(folder / "redis.log"), "--daemonize", "no", *extra_args]
         process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         server = RedisServer("127.0.0.1", chosen, process, folder)
         if _wait_until_ready(server):
@@ -112,8 +118,9 @@ async def redis_client(redis_server: RedisServer) -> AsyncIterator[aioredis.Redi
 def start_redis_servers() -> Iterator[Callable[..., RedisServer]]:
     started: list[RedisServer] = []
 
-    def start(folder: Path, port: int | None = None) -> RedisServer:
-        server = start_redis_server(folder, port)
+    def start(folder: Path, port: int | None = None, *, persist: bool = False,
+              extra_args: tuple[str, ...] = ()) -> RedisServer:
+        server = start_redis_server(folder, port, persist=persist, extra_args=extra_args)
         started.append(server)
         return server
 

@@ -51,6 +51,10 @@ class MemoryHarness:
     async def let_time_pass(self, seconds: float) -> None:
         self.clock.advance(seconds)
 
+    async def peer(self, registry: NodeRegistry) -> NodeRegistry:
+        """Another gateway's view of the same registry: in one process, the same object."""
+        return registry
+
     async def expire_lease(self, registry: NodeRegistry, session_id: str) -> None:
         assert isinstance(registry, MemoryRegistry)
         registry.state.expire_lease(session_id, self.clock())
@@ -66,6 +70,10 @@ class RedisHarness:
     async def make(self, **options: float) -> NodeRegistry:
         # check_keys: every script fails on a key it was not given in KEYS (what Redis Cluster needs).
         return RedisRegistry(self.client, prefix=self.prefix, check_keys=True, **options)  # type: ignore[arg-type]
+
+    async def peer(self, registry: NodeRegistry) -> NodeRegistry:
+        """Another gateway's view of the same registry: its own client on the same keys."""
+        return await self.make()
 
     def key(self, name: str) -> str:
         return hash_tagged(self.prefix) + name
