@@ -34,6 +34,8 @@ class ServerConfig:
     spawn_timeout_s: float = 5.0
     suspect_s: float = 10.0
     send_timeout_s: float = 5.0
+    max_connections: int = 10000
+    max_sessions_per_client_ip: int = 64
 
 
 @dataclass(frozen=True)
@@ -47,6 +49,7 @@ class NodeConfig:
     drain_timeout_s: float = 30.0
     link_token: str = "dalston-dev-link-token"
     models: tuple[str, ...] = ("fast", "accurate")
+    advertise_url: str = ""  # the ws:// URL gateways reach this worker at; empty: ws://host:port
 
 
 @dataclass(frozen=True)

@@ -22,9 +22,11 @@ from cluster_fixtures import (
     stream_to_end,
 )
 
+from dalston.config import NodeConfig
 from dalston.supervisor.redis_registry import RedisRegistry
 from dalston.supervisor.registry import SessionStatus, WorkerRecord, WorkerStatus
 from dalston.web.client import StreamClient
+from dalston.web.introspection import link_headers
 from dalston.wer import word_error_rate
 
 pytestmark = pytest.mark.slow
@@ -144,7 +146,8 @@ async def test_a_client_that_leaves_without_end_frees_its_slot(
     # Closing the socket without `end`: the gateway must stop the remote session and release the slot.
 
     async def worker_idle() -> bool:
-        async with aiohttp.ClientSession() as http, http.get(worker.http_url + "/healthz") as response:
+        async with aiohttp.ClientSession(headers=link_headers(NodeConfig.link_token)) as http, \
+                http.get(worker.http_url + "/healthz") as response:
             return (await response.json())["active_sessions"] == 0
 
     await poll_until(lambda: all_idle(cluster_registry, {"w1"}), "the registry counts no session on w1")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -151,3 +152,23 @@ async def test_an_oversize_frame_ends_only_its_session_with_invalid_audio(url: s
     async with StreamClient(url, api_key=API_KEY) as fresh:  # the same worker still takes sessions
         await begin(fresh)
         assert_transcribed(await stream_to_end(fresh, clip.samples, speed=4.0), clip.transcript)
+
+
+def raw_get(port: int, path: str, header: bytes) -> bytes:
+    """One HTTP request with a header carrying bytes that are not UTF-8, as a broken or hostile client sends."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(b"GET " + path.encode() + b" HTTP/1.1\r\nHost: 127.0.0.1\r\n" + header
+                     + b"\r\nConnection: close\r\n\r\n")
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+    return answer
+
+
+@pytest.mark.parametrize("header", [b"Authorization: Bearer k\xff1", b"X-API-Key: \xc3\x28"])
+async def test_a_key_header_with_bytes_that_are_not_utf8_is_refused_with_401_not_a_server_error(
+    server: DalstonProcess, header: bytes
+) -> None:
+    answer = await asyncio.to_thread(raw_get, server.port, "/v1/tree", header)
+    assert answer.startswith(b"HTTP/1.1 401"), answer[:200]
+    assert server.running

@@ -18,10 +18,11 @@ from dalston.actors.audio import read_wav
 from dalston.actors.decoder import DecodedSegment, DecodeResult
 from dalston.actors.protocol import End, StreamParams
 from dalston.actors.session import PushAudio
-from dalston.config import load_config
+from dalston.config import NodeConfig, load_config
 from dalston.supervisor.memory_registry import MemoryRegistry
 from dalston.supervisor.node import WorkerNode
 from dalston.supervisor.registry import NodeRegistry
+from dalston.web.introspection import link_headers
 from dalston.web.link import LinkRefused, RemoteSessionRef, open_link
 from dalston.web.server import start_site
 from dalston.web.worker import create_worker_app
@@ -93,7 +94,8 @@ def sample_value(exposition: str, name: str, **labels: str) -> float | None:
 
 
 async def scrape(base: str) -> str:
-    async with aiohttp.ClientSession() as http, http.get(f"{base}/metrics") as response:
+    async with aiohttp.ClientSession(headers=link_headers(NodeConfig.link_token)) as http, \
+            http.get(f"{base}/metrics") as response:
         assert response.status == 200
         return await response.text()
 

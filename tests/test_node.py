@@ -201,7 +201,25 @@ async def test_dalston_worker_exits_non_zero_and_leaves_the_registry_when_its_mo
         assert await worker.wait_exit() == 1
         assert await registry.list_workers() == []
         log = worker.log_path.read_text()
-        assert "node.root_supervisor_exited" in log and "its supervision tree exited" in log
+        assert "node.root_supervisor_exited" in log and "dalston: worker w-doomed failed: shutdown" in log
     finally:
         group.stop_all()
+        await registry.close()
+
+
+async def test_the_link_refuses_a_token_header_with_bytes_that_are_not_utf8_with_401(
+    redis_server: RedisServer, redis_prefix: str
+) -> None:
+    registry = RedisRegistry.from_url(redis_server.url, prefix=redis_prefix)
+    node = WorkerNode(node_config(), registry, "", decoders={"fast": FixedTextDecoder})
+    runner, port = await start_site(create_worker_app(node), "127.0.0.1", 0)
+    try:
+        request = b"GET " + LINK_PATH.encode() + b" HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer \xff\r\n\r\n"
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(request)
+        status = await asyncio.wait_for(reader.readline(), 10)
+        writer.close()
+        assert status.startswith(b"HTTP/1.1 401"), status
+    finally:
+        await runner.cleanup()
         await registry.close()

@@ -13,8 +13,8 @@ from registry_harness import LIVENESS_TTL_S, Harness, ManualClock
 from dalston.supervisor.memory_registry import MemoryRegistry
 from dalston.supervisor.reaper import Reaper
 from dalston.supervisor.redis_registry import RedisRegistry
-from dalston.supervisor.registry import Allocation, NodeRegistry, SessionInfo, WorkerInfo
-from dalston.supervisor.router import SessionRouter, percentile
+from dalston.supervisor.registry import Allocation, NodeRegistry, RegistryUnavailable, SessionInfo, WorkerInfo
+from dalston.supervisor.router import PlacementPolicy, SessionRouter, SpawnOutcome, percentile
 
 if TYPE_CHECKING:
     from redis_server import RedisServer
@@ -39,15 +39,18 @@ async def counts(registry: NodeRegistry) -> dict[str, int]:
 
 
 class Spawner:
-    """Stands in for the gateway's link: refuses spawns on the workers it is told to."""
+    """Stands in for the gateway's link: refuses spawns on some workers, finds others unreachable."""
 
-    def __init__(self, refusing: set[str]) -> None:
+    def __init__(self, refusing: set[str], unreachable: frozenset[str] = frozenset()) -> None:
         self.refusing = refusing
+        self.unreachable = unreachable
         self.tried: list[str] = []
 
-    async def __call__(self, allocation: Allocation) -> bool:
+    async def __call__(self, allocation: Allocation, timeout_s: float) -> SpawnOutcome:
         self.tried.append(allocation.worker_id)
-        return allocation.worker_id not in self.refusing
+        if allocation.worker_id in self.unreachable:
+            return SpawnOutcome.UNREACHABLE
+        return SpawnOutcome.REFUSED if allocation.worker_id in self.refusing else SpawnOutcome.SPAWNED
 
 
 async def test_place_spawns_on_the_best_worker_when_it_accepts(registry: NodeRegistry) -> None:
@@ -70,11 +73,48 @@ async def test_place_frees_a_refused_slot_and_tries_the_next_worker(registry: No
     assert router.statistics().refusals == 1
 
 
-async def test_place_gives_up_after_its_attempts_and_leaves_no_slot_taken(registry: NodeRegistry) -> None:
+async def test_place_tries_every_eligible_worker_before_giving_up_and_leaves_no_slot_taken(
+    registry: NodeRegistry,
+) -> None:
     router = SessionRouter(registry)
-    spawner = Spawner(refusing={"big", "mid", "small", "tiny"})
-    assert await router.place(session(), spawner, attempts=3) is None
-    assert len(spawner.tried) == 3 and len(set(spawner.tried)) == 3
+    spawner = Spawner(refusing={"big", "mid", "small"}, unreachable=frozenset({"tiny"}))
+    assert await router.place(session(), spawner) is None
+    assert sorted(spawner.tried) == ["big", "mid", "small", "tiny"]
+    assert set((await counts(registry)).values()) == {0}
+
+
+async def test_place_gives_up_at_its_deadline(registry: NodeRegistry) -> None:
+    async def slow_refusal(allocation: Allocation, timeout_s: float) -> SpawnOutcome:
+        await asyncio.sleep(min(timeout_s, 0.2))
+        return SpawnOutcome.REFUSED
+
+    router = SessionRouter(registry, PlacementPolicy(deadline_s=0.3))
+    assert await router.place(session(), slow_refusal) is None
+    assert router.statistics().refusals == 2  # 0.2 s each: the third would start past the deadline
+    assert set((await counts(registry)).values()) == {0}
+
+
+async def test_an_unreachable_worker_is_skipped_by_later_placements_of_every_gateway(registry: NodeRegistry) -> None:
+    first = SessionRouter(registry)
+    assert (await first.place(session("s1"), Spawner(set(), unreachable=frozenset({"big"})))).worker_id == "mid"
+    other_gateway = Spawner(set())
+    allocation = await SessionRouter(registry).place(session("s2"), other_gateway)
+    # Not "big", though it has the most free slots: the first gateway marked it suspect for everyone.
+    assert allocation is not None and other_gateway.tried == [allocation.worker_id] != ["big"]
+
+
+async def test_a_lost_acquire_reply_does_not_keep_the_slot(registry: NodeRegistry) -> None:
+    acquire = registry.acquire
+
+    async def reply_lost(info: SessionInfo, exclude: frozenset[str] = frozenset()) -> Allocation | None:
+        await acquire(info, exclude)  # the registry reserved the slot...
+        raise RegistryUnavailable("connection reset while reading the reply")  # ...and the answer never came
+
+    registry.acquire = reply_lost  # type: ignore[method-assign]
+    router = SessionRouter(registry)
+    with pytest.raises(RegistryUnavailable):
+        await router.place(session(), Spawner(set()))
+    await router.close()
     assert set((await counts(registry)).values()) == {0}
 
 
@@ -87,28 +127,31 @@ async def test_place_returns_none_when_no_worker_has_room(registry: NodeRegistry
 
 
 async def test_a_spawn_that_raises_frees_the_slot_and_the_error_propagates(registry: NodeRegistry) -> None:
-    async def broken_spawn(allocation: Allocation) -> bool:
+    async def broken_spawn(allocation: Allocation, timeout_s: float) -> SpawnOutcome:
         raise RuntimeError("link handshake failed")
 
     router = SessionRouter(registry)
     with pytest.raises(RuntimeError):
         await router.place(session(), broken_spawn)
+    await router.close()
     assert set((await counts(registry)).values()) == {0}
 
 
 async def test_cancelling_a_place_while_spawning_frees_the_slot(registry: NodeRegistry) -> None:
     spawning = asyncio.Event()
 
-    async def hanging_spawn(allocation: Allocation) -> bool:
+    async def hanging_spawn(allocation: Allocation, timeout_s: float) -> SpawnOutcome:
         spawning.set()
         await asyncio.Event().wait()
-        return True
+        return SpawnOutcome.SPAWNED
 
-    task = asyncio.create_task(SessionRouter(registry).place(session(), hanging_spawn))
+    router = SessionRouter(registry)
+    task = asyncio.create_task(router.place(session(), hanging_spawn))
     await spawning.wait()
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
+    await router.close()
     assert set((await counts(registry)).values()) == {0}
 
 

@@ -74,7 +74,8 @@ async def _node_health(serve: DalstonProcess) -> dict[str, object]:
     """Capacity and models of the node that `serve` printed the address of."""
     found = re.search(r"worker node at (http://\S+)", serve.log_path.read_text())
     assert found, serve.log_tail()
-    async with aiohttp.ClientSession() as http, http.get(found.group(1) + "/healthz") as response:
+    token = {"Authorization": "Bearer dalston-dev-link-token"}  # the worker's details need the link token
+    async with aiohttp.ClientSession(headers=token) as http, http.get(found.group(1) + "/healthz") as response:
         health = await response.json()
     return {"capacity": health["capacity"], "models": health["models"]}
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import secrets
 import socket
 import time
 from collections.abc import Callable, Mapping
@@ -30,7 +31,7 @@ from dalston.actors.session import EventSink, SessionActor
 from dalston.actors.speech import decoder_factory, new_segmenter, session_limits
 from dalston.actors.transcriber import Decoder, TranscriberActor
 from dalston.config import Config
-from dalston.supervisor.registry import NodeRegistry, RegistryUnavailable, WorkerInfo, WorkerStatus
+from dalston.supervisor.registry import NodeRegistry, RegistryUnavailable, WorkerIdTaken, WorkerInfo, WorkerStatus
 from dalston.supervisor.spec import ChildSpec, Restart
 from dalston.supervisor.supervisor import (
     CapacityReached,
@@ -101,7 +102,9 @@ class WorkerNode:
         self._heartbeat: asyncio.Task[None] | None = None
         self._stopping = asyncio.Event()
         self._releases: set[asyncio.Task[None]] = set()
-        self.failure: ExitReason | None = None  # why the root supervisor exited on its own, if it did
+        self.instance = secrets.token_hex(8)  # tells this process apart from another claiming the same id
+        self._live_sessions: set[str] = set()  # carried by every heartbeat: the leases to renew
+        self.failure: ExitReason | None = None  # why the node failed (its root supervisor exited, its id taken)
         self._failed = asyncio.Event()
         self._started_at = time.monotonic()
         self._log = log.bind(worker_id=self.worker_id)
@@ -175,7 +178,7 @@ class WorkerNode:
         await self._wait_for_no_sessions(10.0)
 
     async def wait_failed(self) -> ExitReason:
-        """Wait until the root supervisor exits on its own (never, while the node is healthy)."""
+        """Wait until the node fails: its root supervisor exits on its own, or its id is taken (never, if healthy)."""
         await self._failed.wait()
         assert self.failure is not None
         return self.failure
@@ -183,9 +186,12 @@ class WorkerNode:
     def _root_exited(self, _ref: ActorRef, reason: ExitReason) -> None:
         if self._root is None:
             return  # stopped on purpose by `stop`
-        self.failure, self.status = reason, WorkerStatus.STOPPED
         self._log.error("node.root_supervisor_exited", reason=str(reason),
                         action="refusing sessions, leaving the registry, exiting non-zero")
+        self._fail(reason)
+
+    def _fail(self, reason: ExitReason) -> None:
+        self.failure, self.status = reason, WorkerStatus.STOPPED
         self._failed.set()
         self._track(asyncio.get_running_loop().create_task(self._leave_registry()))
 
@@ -216,8 +222,9 @@ class WorkerNode:
         self._log.info("node.stopped")
 
     async def _register(self) -> None:
-        info = WorkerInfo(self.worker_id, self.endpoint, self.capacity, self.models)
-        await self.registry.register(info, self.config.node.liveness_ttl_s)
+        """(Re)register, bringing the sessions that still run here (after a reap or a Redis restart)."""
+        info = WorkerInfo(self.worker_id, self.endpoint, self.capacity, self.models, self.instance)
+        await self.registry.register(info, self.config.node.liveness_ttl_s, self._live_sessions)
         if self.status is WorkerStatus.DRAINING:
             await self.registry.set_status(self.worker_id, WorkerStatus.DRAINING)
         else:
@@ -228,14 +235,20 @@ class WorkerNode:
         task.add_done_callback(self._releases.discard)
 
     async def _heartbeat_forever(self) -> None:
-        interval = self.config.node.heartbeat_interval_s
+        """Renew liveness and the leases of the sessions running here (the registry reconciles the rest)."""
+        interval, ttl_s = self.config.node.heartbeat_interval_s, self.config.node.liveness_ttl_s
         while not await _set_within(self._stopping, interval):
             try:
-                if not await self.registry.heartbeat(self.worker_id, self.config.node.liveness_ttl_s):
-                    self._log.warning("node.reregistering", reason="the registry forgot this worker")
+                if not await self.registry.heartbeat(self.worker_id, ttl_s, self._live_sessions, self.instance):
+                    self._log.warning("node.reregistering", reason="the registry forgot this worker",
+                                      live_sessions=len(self._live_sessions))
                     await self._register()
             except RegistryUnavailable as error:
                 self._log.warning("node.registry_unavailable", error=str(error))
+            except WorkerIdTaken as error:  # another process registered under this id while we were away
+                self._log.error("node.worker_id_taken", error=str(error), action="exiting non-zero")
+                self._fail(ExitReason("error", str(error)))
+                return
 
     # -- sessions -----------------------------------------------------------------------------------------
 
@@ -262,14 +275,17 @@ class WorkerNode:
             raise SpawnRefused(ErrorCode.NO_CAPACITY, f"worker {self.worker_id} is full") from None
         except ActorDead:  # the sessions supervisor died while starting it: its parent is restarting it
             raise SpawnRefused(ErrorCode.NO_CAPACITY, f"worker {self.worker_id} is restarting sessions") from None
+        self._live_sessions.add(session_id)
         ref.monitor(lambda _ref, _reason: self._release_later(session_id))
         return ref
 
     def _release_later(self, session_id: str) -> None:
         """Free the session's slot from this side too: a gateway that crashed never releases it.
 
-        Release is idempotent, so the gateway's own release afterwards is harmless.
+        Release is idempotent, so the gateway's own release afterwards is harmless; one that fails is made
+        good by the next heartbeat, which no longer lists the session.
         """
+        self._live_sessions.discard(session_id)
         self._track(asyncio.get_running_loop().create_task(self._release(session_id)))
 
     async def _release(self, session_id: str) -> None:

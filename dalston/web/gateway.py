@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import secrets
 import time
 import weakref
@@ -21,8 +20,8 @@ from aiohttp import WSMsgType, web
 
 from dalston.actors.cancellation import cancel_and_wait
 from dalston.actors.protocol import (
+    End,
     ErrorCode,
-    ErrorOccurred,
     ProtocolError,
     StreamParams,
     parse_client_message,
@@ -32,19 +31,20 @@ from dalston.actors.runtime import ActorDead
 from dalston.actors.session import PushAudio
 from dalston.config import Config
 from dalston.logs import bind_context
-from dalston.supervisor.registry import Allocation, NodeRegistry, RegistryUnavailable, SessionInfo, WorkerStatus
-from dalston.supervisor.router import SessionRouter
+from dalston.supervisor.registry import Allocation, NodeRegistry, RegistryUnavailable, SessionInfo
+from dalston.supervisor.router import PlacementPolicy, SessionRouter, SpawnOutcome
 from dalston.web.access_log import close_websocket
 from dalston.web.auth import ApiKeys
+from dalston.web.client_socket import ClientSocket, SlowConsumer
 from dalston.web.link import LINK_LOST, LinkRefused, RemoteSessionRef, open_link
 from dalston.web.metrics import GatewayMetrics
+from dalston.web.model_cache import ModelCache
 from dalston.web.ops import OpsSources, add_ops_routes
 from dalston.web.page import add_page_routes
 
 log = structlog.get_logger(__name__)
 
 STREAM_PATH = "/v1/audio/transcriptions/stream"
-MODELS_CACHE_S = 2.0
 
 
 @dataclass
@@ -54,30 +54,36 @@ class GatewayState:
     router: SessionRouter
     keys: ApiKeys
     metrics: GatewayMetrics
+    models: ModelCache
     http: aiohttp.ClientSession | None = None
     sockets: weakref.WeakSet[web.WebSocketResponse] = field(default_factory=weakref.WeakSet)
-    _models: tuple[float, frozenset[str], frozenset[str]] = (0.0, frozenset(), frozenset())
+    sessions: dict[str, RemoteSessionRef] = field(default_factory=dict)  # the sessions being relayed now
+    no_sessions: asyncio.Event = field(default_factory=asyncio.Event)
+    draining: bool = False
+    connections: int = 0  # stream sockets open, admitted or not
 
-    async def known_models(self) -> frozenset[str]:
-        """Models some registered worker has loaded, draining or lapsed ones included (cached briefly).
 
-        A model whose workers are all draining or briefly silent is still served: its clients get
-        `no_capacity` (try again), not `unsupported_model`.
-        """
-        return (await self._read_models())[0]
+async def drain_gateway(app: web.Application, timeout_s: float, finish_s: float = 15.0) -> None:
+    """Stop taking sessions (readiness 503), let running ones go on for `timeout_s`, then end them as a
+    client's `end` would, so that their speech is finalised and `session.end` is sent (within `finish_s`)."""
+    state = app[STATE_KEY]
+    state.draining = True
+    log.info("gateway.draining", sessions=len(state.sessions), timeout_s=timeout_s)
+    if not await _sessions_gone_within(state, timeout_s):
+        for remote in list(state.sessions.values()):
+            with contextlib.suppress(ActorDead):
+                await remote.tell(End())
+        await _sessions_gone_within(state, finish_s)
+    log.info("gateway.drained", sessions_left=len(state.sessions))
 
-    async def ready_models(self) -> frozenset[str]:
-        """Models some live, ready worker has loaded: what a new session can be placed on now."""
-        return (await self._read_models())[1]
 
-    async def _read_models(self) -> tuple[frozenset[str], frozenset[str]]:
-        fetched_at, known, ready = self._models
-        if time.monotonic() - fetched_at > MODELS_CACHE_S:  # this reads every worker: not once per session
-            workers = await self.registry.list_workers()
-            known = frozenset(m for w in workers for m in w.models)
-            ready = frozenset(m for w in workers if w.alive and w.status is WorkerStatus.READY for m in w.models)
-            self._models = (time.monotonic(), known, ready)
-        return known, ready
+async def _sessions_gone_within(state: GatewayState, timeout_s: float) -> bool:
+    if state.sessions:
+        state.no_sessions.clear()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout_s):
+                await state.no_sessions.wait()
+    return not state.sessions
 
 
 STATE_KEY = web.AppKey("gateway", GatewayState)
@@ -85,8 +91,13 @@ STATE_KEY = web.AppKey("gateway", GatewayState)
 
 def create_gateway_app(config: Config, registry: NodeRegistry) -> web.Application:
     app = web.Application()
-    keys = ApiKeys(config.server.api_keys, config.server.max_sessions_per_key)
-    state = GatewayState(config, registry, SessionRouter(registry), keys, GatewayMetrics())
+    keys = ApiKeys(config.server.api_keys, config.server.max_sessions_per_key,
+                   config.server.max_sessions_per_client_ip)
+    server = config.server
+    policy = PlacementPolicy(server.placement_deadline_s, server.spawn_timeout_s, server.suspect_s,
+                             release_retry_s=server.placement_deadline_s + config.registry.lease_ttl_s)
+    state = GatewayState(config, registry, SessionRouter(registry, policy), keys, GatewayMetrics(),
+                         ModelCache(registry))
     app[STATE_KEY] = state
     app.router.add_get(STREAM_PATH, stream_handler)
     app.router.add_get("/healthz", health_handler)
@@ -101,9 +112,11 @@ def create_gateway_app(config: Config, registry: NodeRegistry) -> web.Applicatio
 
 async def _http_client(app: web.Application):  # type: ignore[no-untyped-def]
     state = app[STATE_KEY]
-    state.http = aiohttp.ClientSession()
+    # A link lives as long as its session: no connection cap below the gateway's own session limits.
+    state.http = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0, limit_per_host=0))
     yield
     await state.http.close()
+    await state.router.close()
 
 
 async def _close_sockets(app: web.Application) -> None:
@@ -117,8 +130,10 @@ async def health_handler(request: web.Request) -> web.Response:
 
 async def ready_handler(request: web.Request) -> web.Response:
     state = request.app[STATE_KEY]
+    if state.draining:  # first, so that balancers stop sending clients here
+        return web.json_response({"status": "draining"}, status=503)
     try:
-        models = await state.ready_models()
+        models = (await state.models.get()).ready
     except Exception as error:  # the registry is unreachable: not ready, and say why
         return web.json_response({"status": "unavailable", "reason": str(error)}, status=503)
     status = 200 if models else 503
@@ -127,74 +142,97 @@ async def ready_handler(request: web.Request) -> web.Response:
 
 async def stream_handler(request: web.Request) -> web.StreamResponse:
     state = request.app[STATE_KEY]
-    ws = web.WebSocketResponse(max_msg_size=4 * state.config.session.max_frame_bytes, heartbeat=20.0)
+    if state.connections >= state.config.server.max_connections:
+        raise web.HTTPServiceUnavailable(text="too many connections; try again later")
+    state.connections += 1
+    try:
+        return await _stream(state, request)
+    finally:
+        state.connections -= 1
+
+
+async def _stream(state: GatewayState, request: web.Request) -> web.WebSocketResponse:
+    offered = state.keys.subprotocol(request)
+    ws = web.WebSocketResponse(max_msg_size=4 * state.config.session.max_frame_bytes, heartbeat=20.0,
+                               protocols=(offered,) if offered else ())  # echoed, as browsers require
     await ws.prepare(request)
     state.sockets.add(ws)
+    client = ClientSocket(ws, request.transport, state.config.server.send_timeout_s)
     session_id = f"sess_{secrets.token_hex(8)}"
     bind_context(session_id=session_id)
     key = state.keys.key_of(request)
+    holder = state.keys.holder(key, request.remote or "")
     try:
         try:
-            params = await _admit(state, request, key)
+            params = await _admit(state, request, key, holder)
             try:
-                await _serve(state, ws, session_id, params, request.remote or "")
+                await _serve(state, client, session_id, params, request.remote or "")
             finally:
-                state.keys.release(key)
+                state.keys.release(holder)
         except RegistryUnavailable as error:
             log.warning("gateway.registry_unavailable", error=str(error))
             raise ProtocolError(ErrorCode.NO_CAPACITY, "the session registry is unavailable; try again") from error
     except ProtocolError as error:
         state.metrics.rejected(error.code)
-        await _send_error(ws, error.code, error.message)
-        await close_websocket(ws, error.code.close_code or 1000)
+        with contextlib.suppress(SlowConsumer):
+            await client.send_error(error.code, error.message)
+        await client.close(error.code.close_code or 1000)
+    except SlowConsumer:
+        client.drop_slow_consumer()
     return ws
 
 
-async def _admit(state: GatewayState, request: web.Request, key: str | None) -> StreamParams:
-    """Check the key, the parameters and the model, then count the session against its key."""
+async def _admit(state: GatewayState, request: web.Request, key: str | None, holder: str) -> StreamParams:
+    """Check the key, the parameters and the model, then count the session against its key (or client IP)."""
+    if state.draining:
+        raise ProtocolError(ErrorCode.NO_CAPACITY, "this gateway is shutting down; connect again")
     if not state.keys.authorized(key):
         raise ProtocolError(ErrorCode.UNAUTHORIZED, "a valid API key is required")
     params = parse_stream_params(request.query)
-    if params.model not in await state.known_models():
+    if params.model not in (await state.models.get()).known:
         raise ProtocolError(ErrorCode.UNSUPPORTED_MODEL, f"no worker serves model {params.model!r}")
-    if not state.keys.acquire(key):
-        raise ProtocolError(ErrorCode.TOO_MANY_SESSIONS, "too many concurrent sessions for this API key")
+    if not state.keys.acquire(holder):
+        raise ProtocolError(ErrorCode.TOO_MANY_SESSIONS, "too many concurrent sessions for this API key or address")
     return params
 
 
-async def _serve(state: GatewayState, ws: web.WebSocketResponse, session_id: str, params: StreamParams,
+async def _serve(state: GatewayState, client: ClientSocket, session_id: str, params: StreamParams,
                  client_ip: str) -> None:
     remote = await _place(state, session_id, params, client_ip)
     bind_context(worker_id=remote.worker_id)
     state.metrics.session_started(params.model)
     started = time.monotonic()
+    state.sessions[session_id] = remote
+    forward = asyncio.create_task(_client_to_worker(client, remote))
     try:
-        forward = asyncio.create_task(_client_to_worker(ws, remote))
-        await _worker_to_client(ws, remote)
-        await cancel_and_wait(forward)
+        await _worker_to_client(client, remote)
     finally:
+        del state.sessions[session_id]
+        if not state.sessions:
+            state.no_sessions.set()
+        await cancel_and_wait(forward)
         with contextlib.suppress(ConnectionResetError):
             await remote.stop()
-        await state.router.release(session_id)
+        await state.router.release_or_retry(session_id)
         state.metrics.session_ended(params.model, time.monotonic() - started)
-        log.info("gateway.session_closed", close_code=ws.close_code, link=str(remote.exit_reason))
+        log.info("gateway.session_closed", close_code=client.ws.close_code, link=str(remote.exit_reason))
 
 
 async def _place(state: GatewayState, session_id: str, params: StreamParams, client_ip: str) -> RemoteSessionRef:
     opened: list[RemoteSessionRef] = []
     refusals: list[LinkRefused] = []
 
-    async def try_spawn(allocation: Allocation) -> bool:
+    async def try_spawn(allocation: Allocation, timeout_s: float) -> SpawnOutcome:
         assert state.http is not None
         result = await open_link(state.http, allocation.endpoint, state.config.node.link_token, session_id, params,
-                                 client_ip, 8 * state.config.session.max_frame_bytes)
+                                 client_ip, 8 * state.config.session.max_frame_bytes, timeout_s)
         if isinstance(result, LinkRefused):
             refusals.append(result)
             log.warning("gateway.spawn_refused", worker_id=allocation.worker_id, code=str(result.code),
                         message=result.message)
-            return False
+            return SpawnOutcome.UNREACHABLE if result.unreachable else SpawnOutcome.REFUSED
         opened.append(result)
-        return True
+        return SpawnOutcome.SPAWNED
 
     info = SessionInfo(session_id, params.model, params.language, client_ip)
     if await state.router.place(info, try_spawn) is None or not opened:
@@ -205,40 +243,36 @@ async def _place(state: GatewayState, session_id: str, params: StreamParams, cli
     return opened[0]
 
 
-async def _client_to_worker(ws: web.WebSocketResponse, remote: RemoteSessionRef) -> None:
+async def _client_to_worker(client: ClientSocket, remote: RemoteSessionRef) -> None:
     try:
-        async for msg in ws:
+        async for msg in client.ws:
             if msg.type is WSMsgType.BINARY:
                 await remote.tell(PushAudio(msg.data))
             elif msg.type is WSMsgType.TEXT:
                 try:
                     await remote.tell(parse_client_message(msg.data))
                 except ProtocolError as error:  # reported; the session goes on
-                    await _send_error(ws, error.code, error.message)
-    except ActorDead:
-        return  # the link is gone; the other direction reports it
+                    await client.send_error(error.code, error.message)
+    except (ActorDead, SlowConsumer):
+        return  # the link is gone, or the client: the other direction reports it
     finally:
         with contextlib.suppress(ConnectionResetError):
             await remote.stop()  # the client went away: stop the remote session
 
 
-async def _worker_to_client(ws: web.WebSocketResponse, remote: RemoteSessionRef) -> None:
-    async for text in remote.events():
-        if ws.closed:
-            continue
+async def _worker_to_client(client: ClientSocket, remote: RemoteSessionRef) -> None:
+    try:
+        async for text in remote.events():
+            await client.send_text(text)
+        if client.closed:
+            return  # the client left first, and closing the link is how its session was stopped
+        if remote.exit_reason == LINK_LOST:
+            log.warning("gateway.worker_lost", worker_id=remote.worker_id)
+            await client.send_error(ErrorCode.WORKER_LOST, "the worker serving this session stopped answering")
+            await client.close(ErrorCode.WORKER_LOST.close_code or 1011)
+        else:
+            await client.close(remote.close_code or 1000)
+    except SlowConsumer:
         with contextlib.suppress(ConnectionResetError):
-            await ws.send_str(text)
-    if ws.closed:
-        return  # the client left first, and closing the link is how its session was stopped
-    if remote.exit_reason == LINK_LOST:
-        log.warning("gateway.worker_lost", worker_id=remote.worker_id)
-        await _send_error(ws, ErrorCode.WORKER_LOST, "the worker serving this session stopped answering")
-        await close_websocket(ws, ErrorCode.WORKER_LOST.close_code or 1011)
-    else:
-        await close_websocket(ws, remote.close_code or 1000)
-
-
-async def _send_error(ws: web.WebSocketResponse, code: ErrorCode, message: str) -> None:
-    if not ws.closed:
-        with contextlib.suppress(ConnectionResetError):
-            await ws.send_str(json.dumps(ErrorOccurred(code, message).to_json()))
+            await remote.stop()  # nobody reads this session any more: stop it and free its slot now
+        client.drop_slow_consumer()

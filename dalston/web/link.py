@@ -7,6 +7,7 @@ breaks before the session said goodbye is reported as `link_lost` (the client th
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -17,10 +18,11 @@ import aiohttp
 from dalston.actors.protocol import End, ErrorCode, Flush, StreamParams
 from dalston.actors.runtime import ActorDead, ExitReason
 from dalston.actors.session import PushAudio
-from dalston.web.link_protocol import LINK_PATH, TOKEN_HEADER, Spawn, bearer
+from dalston.web.link_protocol import LINK_PATH, LINK_SEND_TIMEOUT_S, TOKEN_HEADER, Spawn, bearer
 
 LINK_LOST = ExitReason("link_lost")
 SPAWN_REPLY_TIMEOUT_S = 30.0  # a worker may be busy; a spawn must still not hang forever
+
 
 
 @dataclass(frozen=True)
@@ -29,6 +31,7 @@ class LinkRefused:
 
     code: ErrorCode
     message: str
+    unreachable: bool = False  # no answer at all (connection failed or timed out), not a "no"
 
 
 class RemoteSessionRef:
@@ -48,11 +51,13 @@ class RemoteSessionRef:
         if self._ws.closed:
             raise ActorDead(self.name, self.exit_reason or LINK_LOST)
         try:
-            if isinstance(message, PushAudio):
-                await self._ws.send_bytes(message.data)
-            else:
-                await self._ws.send_str(json.dumps({"type": "end" if isinstance(message, End) else "flush"}))
-        except (ConnectionResetError, aiohttp.ClientError) as error:
+            async with asyncio.timeout(LINK_SEND_TIMEOUT_S):
+                if isinstance(message, PushAudio):
+                    await self._ws.send_bytes(message.data)
+                else:
+                    await self._ws.send_str(json.dumps({"type": "end" if isinstance(message, End) else "flush"}))
+        except (ConnectionResetError, aiohttp.ClientError, TimeoutError) as error:
+            await self._ws.close()
             raise ActorDead(self.name, LINK_LOST) from error
 
     async def stop(self) -> None:
@@ -99,21 +104,25 @@ async def open_link(
     params: StreamParams,
     client_ip: str = "",
     max_frame_bytes: int = 1 << 20,
+    timeout_s: float = SPAWN_REPLY_TIMEOUT_S,
 ) -> RemoteSessionRef | LinkRefused:
-    """Connect to a worker and spawn the session there; a refusal or an unreachable worker is a LinkRefused."""
+    """Connect to a worker and spawn the session there within `timeout_s`.
+
+    A refusal, or a worker that cannot be reached or does not answer in time, is a `LinkRefused`.
+    """
+    ws: aiohttp.ClientWebSocketResponse | None = None
     try:
-        ws = await http.ws_connect(
-            endpoint.rstrip("/") + LINK_PATH, headers={TOKEN_HEADER: bearer(token)},
-            max_msg_size=max_frame_bytes, heartbeat=10.0, timeout=aiohttp.ClientWSTimeout(ws_close=5.0),
-        )
-    except (aiohttp.ClientError, OSError) as error:
-        return LinkRefused(ErrorCode.NO_CAPACITY, f"worker unreachable: {type(error).__name__}")
-    try:
-        await ws.send_json(Spawn(session_id, params, client_ip).to_json())
-        reply = await ws.receive_json(timeout=SPAWN_REPLY_TIMEOUT_S)
-    except (TimeoutError, aiohttp.ClientError, TypeError, ValueError, ConnectionResetError) as error:
-        await ws.close()
-        return LinkRefused(ErrorCode.NO_CAPACITY, f"worker did not answer the spawn: {type(error).__name__}")
+        async with asyncio.timeout(timeout_s):
+            ws = await http.ws_connect(
+                endpoint.rstrip("/") + LINK_PATH, headers={TOKEN_HEADER: bearer(token)},
+                max_msg_size=max_frame_bytes, heartbeat=10.0, timeout=aiohttp.ClientWSTimeout(ws_close=5.0),
+            )
+            await ws.send_json(Spawn(session_id, params, client_ip).to_json())
+            reply = await ws.receive_json()
+    except (TimeoutError, aiohttp.ClientError, OSError, TypeError, ValueError) as error:
+        if ws is not None:
+            await ws.close()  # a late spawn on the worker sees the link closed and stops its session
+        return LinkRefused(ErrorCode.NO_CAPACITY, f"worker did not answer: {type(error).__name__}", unreachable=True)
     if reply.get("type") != "spawned":
         await ws.close()
         code = ErrorCode.lookup(reply.get("code")) or ErrorCode.NO_CAPACITY

@@ -8,14 +8,17 @@ code the client's socket should get; a link that breaks without that close means
 
 from __future__ import annotations
 
-import hmac
 from dataclasses import dataclass
 from typing import Any
 
 from dalston.actors.protocol import ErrorCode, StreamParams
+from dalston.web.credentials import same_secret
 
 LINK_PATH = "/v1/link"
 TOKEN_HEADER = "Authorization"
+# A write to the link that takes longer means a hung peer, not backpressure: a session's mailbox drains in
+# milliseconds unless its model has been saturated for this long.
+LINK_SEND_TIMEOUT_S = 30.0
 
 
 @dataclass(frozen=True)
@@ -53,4 +56,4 @@ def bearer(token: str) -> str:
 
 def token_matches(header: str | None, token: str) -> bool:
     """Constant-time check of the link's shared token."""
-    return header is not None and hmac.compare_digest(header.encode(), bearer(token).encode())
+    return same_secret(header, bearer(token))

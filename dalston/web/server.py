@@ -16,14 +16,14 @@ import structlog
 from aiohttp import web
 
 from dalston.actors.vad_backends import preload_vad
-from dalston.config import Config
+from dalston.config import Config, NodeConfig
 from dalston.supervisor.memory_registry import MemoryRegistry
 from dalston.supervisor.node import WorkerNode
 from dalston.supervisor.reaper import Reaper
 from dalston.supervisor.redis_registry import RedisRegistry
 from dalston.supervisor.registry import NodeRegistry
 from dalston.web.access_log import access_log
-from dalston.web.gateway import create_gateway_app
+from dalston.web.gateway import create_gateway_app, drain_gateway
 from dalston.web.worker import create_worker_app
 
 log = structlog.get_logger(__name__)
@@ -37,23 +37,41 @@ class NodeFailed(Exception):
     """The node's root supervisor gave up: the process must exit non-zero so that its manager restarts it."""
 
 
+def _is_loopback(host: str) -> bool:
+    with contextlib.suppress(ValueError):
+        return ipaddress.ip_address(host).is_loopback
+    return host == "localhost"
+
+
 def check_bind(config: Config) -> None:
     host = config.server.host
-    if config.server.api_keys:
+    if not config.server.api_keys and not _is_loopback(host):
+        raise UnsafeBind(f"refusing to listen on {host} without API keys; set server.api_keys or use 127.0.0.1")
+
+
+def check_worker_bind(config: Config) -> None:
+    """A worker beyond loopback needs its own link token, and an address others can reach it at."""
+    host = config.node.host
+    if _is_loopback(host):
         return
-    with contextlib.suppress(ValueError):
-        if ipaddress.ip_address(host).is_loopback:
-            return
-    if host == "localhost":
-        return
-    raise UnsafeBind(f"refusing to listen on {host} without API keys; set server.api_keys or use 127.0.0.1")
+    if config.node.link_token == NodeConfig.link_token:
+        raise UnsafeBind(f"refusing to listen on {host} with the default link token; set node.link_token")
+    if not config.node.advertise_url and host in ("0.0.0.0", "::", ""):
+        raise UnsafeBind(f"listening on {host!r}, the worker needs node.advertise_url (the ws:// URL gateways use)")
+
+
+def worker_endpoint(config: Config, port: int) -> str:
+    """Where gateways reach this worker: `node.advertise_url`, else the bind address and the bound port."""
+    return config.node.advertise_url or f"ws://{config.node.host}:{port}"
 
 
 def open_registry(config: Config) -> NodeRegistry:
     if config.registry.redis_url:
         return RedisRegistry.from_url(config.registry.redis_url, prefix=config.registry.key_prefix,
-                                      ended_session_ttl_s=config.registry.ended_session_ttl_s)
-    return MemoryRegistry(ended_session_ttl_s=config.registry.ended_session_ttl_s)
+                                      ended_session_ttl_s=config.registry.ended_session_ttl_s,
+                                      lease_ttl_s=config.registry.lease_ttl_s)
+    return MemoryRegistry(ended_session_ttl_s=config.registry.ended_session_ttl_s,
+                          lease_ttl_s=config.registry.lease_ttl_s)
 
 
 async def start_site(app: web.Application, host: str, port: int) -> tuple[web.AppRunner, int]:
@@ -79,7 +97,7 @@ async def wait_for_signal() -> None:
 
 
 async def wait_for_signal_or_failure(node: WorkerNode) -> None:
-    """Until SIGINT/SIGTERM; raises `NodeFailed` if the node's supervision tree exits first."""
+    """Until SIGINT/SIGTERM; raises `NodeFailed` if the node fails first."""
     signalled = asyncio.ensure_future(wait_for_signal())
     failed = asyncio.ensure_future(node.wait_failed())
     await asyncio.wait({signalled, failed}, return_when=asyncio.FIRST_COMPLETED)
@@ -87,16 +105,17 @@ async def wait_for_signal_or_failure(node: WorkerNode) -> None:
         waiter.cancel()
     await asyncio.gather(signalled, failed, return_exceptions=True)
     if node.failure is not None:
-        raise NodeFailed(f"worker {node.worker_id}: its supervision tree exited ({node.failure})")
+        raise NodeFailed(f"worker {node.worker_id} failed: {node.failure}")
 
 
 @contextlib.asynccontextmanager
 async def running_worker(config: Config, registry: NodeRegistry) -> AsyncIterator[WorkerNode]:
     """A node and its link endpoint; drains on exit."""
+    check_worker_bind(config)
     preload_vad(config.vad.backend)  # a missing VAD backend stops the node here, not its first session
     node = WorkerNode(config, registry, endpoint="")
     runner, port = await start_site(create_worker_app(node), config.node.host, config.node.port)
-    node.endpoint = f"ws://{config.node.host}:{port}"  # known once the port is bound (port 0 picks one)
+    node.endpoint = worker_endpoint(config, port)  # known once the port is bound (port 0 picks one)
     try:
         await node.start()
         yield node
@@ -110,11 +129,13 @@ async def running_gateway(config: Config, registry: NodeRegistry) -> AsyncIterat
     check_bind(config)
     reaper = Reaper(registry, config.registry.reap_interval_s)
     reaper.start()
-    runner, port = await start_site(create_gateway_app(config, registry), config.server.host, config.server.port)
+    app = create_gateway_app(config, registry)
+    runner, port = await start_site(app, config.server.host, config.server.port)
     log.info("gateway.listening", host=config.server.host, port=port)
     try:
         yield port
     finally:
+        await drain_gateway(app, config.server.shutdown_timeout_s)
         await runner.cleanup()
         await reaper.stop()
 

@@ -9,9 +9,9 @@ gateway goes away first the session is stopped.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import weakref
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import structlog
@@ -29,11 +29,12 @@ from dalston.actors.runtime import SHUTDOWN, ActorDead, ActorRef
 from dalston.actors.session import PushAudio
 from dalston.logs import bind_context
 from dalston.supervisor.node import SpawnRefused, WorkerNode
-from dalston.web.link_protocol import LINK_PATH, TOKEN_HEADER, Refused, Spawn, token_matches
+from dalston.web.link_protocol import LINK_PATH, LINK_SEND_TIMEOUT_S, TOKEN_HEADER, Refused, Spawn, token_matches
 from dalston.web.worker_metrics import SessionProbe, WorkerMetrics
 
 log = structlog.get_logger(__name__)
 
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 NODE_KEY = web.AppKey("node", WorkerNode)
 SOCKETS_KEY = web.AppKey("sockets", weakref.WeakSet[web.WebSocketResponse])
 METRICS_KEY = web.AppKey("metrics", WorkerMetrics)
@@ -47,8 +48,8 @@ def create_worker_app(node: WorkerNode) -> web.Application:
     app[METRICS_KEY] = WorkerMetrics(node)
     app.router.add_get(LINK_PATH, link_handler)
     app.router.add_get("/healthz", health_handler)
-    app.router.add_get("/v1/tree", tree_handler)
-    app.router.add_get("/metrics", app[METRICS_KEY].handler)
+    app.router.add_get("/v1/tree", _token_required(tree_handler))
+    app.router.add_get("/metrics", _token_required(app[METRICS_KEY].handler))
     app.on_shutdown.append(_close_links)
     return app
 
@@ -58,9 +59,27 @@ async def _close_links(app: web.Application) -> None:
         await ws.close(code=WSCloseCode.GOING_AWAY, message=b"worker shutting down")
 
 
+def _has_link_token(request: web.Request) -> bool:
+    return token_matches(request.headers.get(TOKEN_HEADER), request.app[NODE_KEY].config.node.link_token)
+
+
+def _token_required(handler: Handler) -> Handler:
+    """Introspection (the tree, metrics) is for the cluster's own gateways and operators: it needs the token."""
+
+    async def guarded(request: web.Request) -> web.StreamResponse:
+        if not _has_link_token(request):
+            raise web.HTTPUnauthorized(text="the link token is required")
+        return await handler(request)
+
+    return guarded
+
+
 async def health_handler(request: web.Request) -> web.Response:
+    """The status for probes without a token; the details with it."""
     node = request.app[NODE_KEY]
     stats = await node.statistics()
+    if not _has_link_token(request):
+        return web.json_response({"status": stats.status})
     return web.json_response({"status": stats.status, "worker_id": stats.worker_id, "capacity": stats.capacity,
                               "active_sessions": stats.active_sessions, "models": list(stats.models),
                               "unavailable_models": stats.unavailable_models})
@@ -85,12 +104,13 @@ async def link_handler(request: web.Request) -> web.StreamResponse:
         await ws.close(code=WSCloseCode.POLICY_VIOLATION, message=f"bad spawn: {error}"[:120].encode())
         return ws
     bind_context(session_id=spawn.session_id, worker_id=node.worker_id)
-    await _serve_session(node, ws, spawn, request.app[METRICS_KEY])
+    await _serve_session(node, ws, request.transport, spawn, request.app[METRICS_KEY])
     return ws
 
 
-async def _serve_session(node: WorkerNode, ws: web.WebSocketResponse, spawn: Spawn, metrics: WorkerMetrics) -> None:
-    link = _SessionLink(ws)
+async def _serve_session(node: WorkerNode, ws: web.WebSocketResponse, transport: asyncio.Transport | None,
+                         spawn: Spawn, metrics: WorkerMetrics) -> None:
+    link = _SessionLink(ws, transport)
     probe = metrics.session_probe(spawn.params)
     try:
         ref = await node.start_session(spawn.session_id, spawn.params, probe.wrap(link.send_event), spawn.client_ip)
@@ -102,15 +122,19 @@ async def _serve_session(node: WorkerNode, ws: web.WebSocketResponse, spawn: Spa
         await _refuse(ws, Refused(ErrorCode.INTERNAL_ERROR, f"the session could not start: {type(error).__name__}"))
         return
     metrics.session_started(spawn.params.model)
-    await link.open({"type": "spawned", "worker_id": node.worker_id})
-    log.info("link.session_started", model=spawn.params.model)
-    watcher = asyncio.create_task(_close_when_stopped(ref, ws, link))
+    watcher: asyncio.Task[None] | None = None
     try:
+        # A gateway that gave up waiting has closed the link by now: the relay ends at once and so does the
+        # session, instead of running for nobody until its idle timeout.
+        await link.open({"type": "spawned", "worker_id": node.worker_id})
+        log.info("link.session_started", model=spawn.params.model)
+        watcher = asyncio.create_task(_close_when_stopped(ref, ws, link))
         await _relay_frames(ws, ref, probe)
     finally:
         if ref.alive:  # the gateway went away first: nobody is left to hear this session
             await ref.stop(SHUTDOWN)
-        await watcher
+        if watcher is not None:
+            await watcher
     log.info("link.session_closed", close_code=ws.close_code)
 
 
@@ -125,14 +149,15 @@ class _SessionLink:
     Events the session emits while starting (`session.begin`) wait until the `spawned` reply is out.
     """
 
-    def __init__(self, ws: web.WebSocketResponse) -> None:
+    def __init__(self, ws: web.WebSocketResponse, transport: asyncio.Transport | None) -> None:
         self.ws = ws
         self.last_error: ErrorOccurred | None = None
         self.ended = False
+        self._transport = transport
         self._held: list[ServerEvent] | None = []
 
     async def open(self, spawned: dict[str, Any]) -> None:
-        await self.ws.send_json(spawned)
+        await self._send(json.dumps(spawned))
         held, self._held = self._held or [], None
         for event in held:
             await self.send_event(event)
@@ -144,10 +169,21 @@ class _SessionLink:
         if isinstance(event, ErrorOccurred):
             self.last_error = event
         self.ended = self.ended or isinstance(event, SessionEnded)
+        await self._send(json.dumps(event.to_json()))
+
+    async def _send(self, text: str) -> None:
+        """A gateway that stops reading for `LINK_SEND_TIMEOUT_S` is cut off, which stops the session."""
         if self.ws.closed:
             return  # the gateway is gone; the session is being stopped
-        with contextlib.suppress(ConnectionResetError):
-            await self.ws.send_str(json.dumps(event.to_json()))
+        try:
+            async with asyncio.timeout(LINK_SEND_TIMEOUT_S):
+                await self.ws.send_str(text)
+        except TimeoutError:
+            log.warning("link.gateway_not_reading", timeout_s=LINK_SEND_TIMEOUT_S)
+            if self._transport is not None:
+                self._transport.abort()
+        except ConnectionResetError:
+            return
 
 
 async def _relay_frames(ws: web.WebSocketResponse, ref: ActorRef, probe: SessionProbe) -> None:
