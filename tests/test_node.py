@@ -19,7 +19,7 @@ from dalston.supervisor.node import SpawnRefused, WorkerNode
 from dalston.supervisor.redis_registry import RedisRegistry
 from dalston.supervisor.registry import WorkerRecord, WorkerStatus
 from dalston.web.link_protocol import LINK_PATH, TOKEN_HEADER, Spawn, bearer
-from dalston.web.server import start_site
+from dalston.web.server import UnsafeBind, check_worker_bind, start_site, worker_endpoint
 from dalston.web.worker import create_worker_app
 
 
@@ -223,3 +223,45 @@ async def test_the_link_refuses_a_token_header_with_bytes_that_are_not_utf8_with
     finally:
         await runner.cleanup()
         await registry.close()
+
+
+async def test_the_workers_tree_and_metrics_need_the_link_token_and_health_says_only_the_status_without_it(
+    redis_server: RedisServer, redis_prefix: str
+) -> None:
+    registry = RedisRegistry.from_url(redis_server.url, prefix=redis_prefix)
+    node = WorkerNode(node_config(), registry, "", decoders={"fast": FixedTextDecoder})
+    runner, port = await start_site(create_worker_app(node), "127.0.0.1", 0)
+    await node.start()
+    base = f"http://127.0.0.1:{port}"
+    token = {TOKEN_HEADER: bearer(node.config.node.link_token)}
+    try:
+        async with aiohttp.ClientSession() as http:
+            for path in ("/v1/tree", "/metrics"):
+                async with http.get(base + path) as anonymous, http.get(base + path, headers=token) as member:
+                    assert (anonymous.status, member.status) == (401, 200), path
+            async with http.get(base + "/healthz") as anonymous:
+                assert await anonymous.json() == {"status": "ready"}
+            async with http.get(base + "/healthz", headers=token) as member:
+                assert (await member.json())["worker_id"] == "w1"
+    finally:
+        await node.stop()
+        await runner.cleanup()
+        await registry.close()
+
+
+@pytest.mark.parametrize(("node_settings", "refused"), [
+    ({"host": "0.0.0.0"}, "default link token"),
+    ({"host": "0.0.0.0", "link_token": "s3cret"}, "advertise_url"),
+    ({"host": "0.0.0.0", "link_token": "s3cret", "advertise_url": "ws://10.1.2.3:8100"}, None),
+    ({"host": "127.0.0.1"}, None),
+])
+def test_a_worker_beyond_loopback_needs_its_own_token_and_an_address_to_advertise(
+    node_settings: dict[str, str], refused: str | None
+) -> None:
+    config = load_config(environ={}).replace("node", **node_settings)
+    if refused is None:
+        check_worker_bind(config)
+        assert worker_endpoint(config, 8100) == node_settings.get("advertise_url", "ws://127.0.0.1:8100")
+    else:
+        with pytest.raises(UnsafeBind, match=refused):
+            check_worker_bind(config)
