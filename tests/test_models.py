@@ -156,3 +156,12 @@ def test_the_encoder_window_and_batch_size_are_set_per_model() -> None:
         ModelCatalogue.from_config({"x": {"source": "/m", "encoder_window": "half"}})
     with pytest.raises(ValueError, match="max_batch"):
         ModelCatalogue.from_config({"x": {"source": "/m", "max_batch": 0}})
+
+
+def test_a_batch_holds_fewer_long_windows_than_short_ones(tmp_path: Path) -> None:
+    from dalston.actors.decoder import WhisperDecoder
+
+    decoder = WhisperDecoder(ModelCatalogue.default(cache_dir=tmp_path).resolve("fast"))
+    assert decoder.batch_limit(500) == decoder.max_batch == 8
+    assert decoder.batch_limit(3000) == 2
+    assert decoder.batch_limit(10**6) == 1

@@ -353,3 +353,26 @@ async def test_requests_with_different_prompts_are_not_batched_together() -> Non
     assert decoder.calls[1:] == [[("s1", True), ("s3", True)], [("s2", True), ("s4", True)]]
     await transcriber.stop()
     await inbox_ref.stop()
+
+
+class FrameLimitedDecoder(BatchingDecoder):
+    """Long windows batch fewer: at most 6 "frames" (here, samples) in one call."""
+
+    def batch_limit(self, key: int) -> int:
+        return max(1, min(self.max_batch, 6 // key))
+
+
+async def test_a_batch_of_long_windows_holds_fewer_requests() -> None:
+    decoder = FrameLimitedDecoder(max_batch=8)
+    transcriber, inbox_ref, inbox = await start_batching(decoder)
+    await transcriber.tell(sized(inbox_ref, 0, 1, final=True))  # occupies the only thread
+    for session in range(1, 4):
+        await transcriber.tell(sized(inbox_ref, session, 1, final=True, samples=3))
+    for session in range(4, 8):
+        await transcriber.tell(sized(inbox_ref, session, 1, final=True, samples=1))
+    await asyncio.sleep(0.05)
+    decoder.gate.set()
+    await wait_for_answers(inbox, 8)
+    assert [len(call) for call in decoder.calls] == [1, 2, 1, 4]  # 3-sample windows two at a time, oldest first
+    await transcriber.stop()
+    await inbox_ref.stop()

@@ -253,6 +253,10 @@ class WhisperDecoder:
     def multilingual(self) -> bool:
         return bool(self._model.model.is_multilingual)
 
+    def batch_limit(self, key: int) -> int:
+        """How many requests of one batch key (a window length in frames) may share one call."""
+        return max(1, min(self.max_batch, self.spec.max_batch_frames // max(1, key)))
+
     def batch_key(self, samples: int) -> int:
         """Requests with equal keys may share one `decode_batch`: their encoder windows are the same length, so
         each result is the one it would get alone."""

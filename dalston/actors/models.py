@@ -75,6 +75,9 @@ class ModelSpec:
     window_margin_s: float = 1.0
     window_buckets_s: tuple[float, ...] = (5.0, 10.0, 15.0, 20.0, 30.0)
     max_batch: int = 4  # utterances decoded together in one generate call (GPU: larger)
+    # And at most this many mel frames in one batch: the encoder's attention memory grows with the square of the
+    # window, so on a CPU eight 5 s windows batch well and two 30 s windows already cost more than they save.
+    max_batch_frames: int = 8000
 
     @classmethod
     def from_mapping(cls, alias: str, values: Mapping[str, Any]) -> ModelSpec:
@@ -92,8 +95,8 @@ class ModelSpec:
             options["window_buckets_s"] = tuple(float(b) for b in options["window_buckets_s"])
         if options.get("encoder_window", "fit") not in ("fit", "full"):
             raise ValueError(f"models.{alias}: encoder_window must be 'fit' or 'full'")
-        if int(options.get("max_batch", 1)) < 1:
-            raise ValueError(f"models.{alias}: max_batch must be at least 1")
+        if int(options.get("max_batch", 1)) < 1 or int(options.get("max_batch_frames", 1)) < 1:
+            raise ValueError(f"models.{alias}: max_batch and max_batch_frames must be at least 1")
         if options.get("language") in ("", "auto"):
             options["language"] = None
         builtin = _BUILTIN_BY_SOURCE.get(options["source"])

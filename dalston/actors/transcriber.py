@@ -50,6 +50,8 @@ class BatchDecoder(Decoder, Protocol):
 
     def batch_key(self, samples: int) -> Hashable: ...
 
+    def batch_limit(self, key: Any) -> int: ...  # optional: at most this many of one key in a call
+
     def decode_batch(self, requests: Sequence[Any], *, beam_size: int | None = None) -> list[Any]: ...
 
 
@@ -186,8 +188,9 @@ class TranscriberActor(Actor):
         if max_batch <= 1 or not hasattr(decoder, "decode_batch"):
             return [first]
         key = decoder.batch_key(first.audio.size)  # type: ignore[union-attr]
+        limit = decoder.batch_limit(key) if hasattr(decoder, "batch_limit") else max_batch
         batch = self._queue.take_batch(  # one prompt per batch: the model would split it anyway
-            first, max_batch, lambda r: decoder.batch_key(r.audio.size) == key and r.prompt == first.prompt,
+            first, limit, lambda r: decoder.batch_key(r.audio.size) == key and r.prompt == first.prompt,
             busy_sessions=self._partial_sessions)
         self._batches += 1
         self._batched_requests += len(batch)
