@@ -4,8 +4,10 @@ Loaded through `pytest_plugins` in tests/conftest.py.
 - `redis_server` (session): one server in a temporary folder, no persistence, stopped after the run;
 - `redis_prefix`: a key prefix unique to the test, so tests never see each other's keys;
 - `redis_client`: an asyncio client (decode_responses=True) on that server, closed after the test;
-- `start_redis_servers`: a function `(folder, port=None) -> RedisServer` starting further servers, for tests
-  that stop or restart one; all are stopped after the test.
+- `start_redis_servers`: a function `(folder, port=None, persist=False, extra_args=()) -> RedisServer` starting
+  further servers, for tests that stop, kill or restart one (or make one a replica); all stopped after the test;
+- `start_sentinels`: a function `(folder, primary_port, service) -> RedisServer` starting a Redis Sentinel
+  (the same binary in sentinel mode); all stopped after the test.
 """
 
 from __future__ import annotations
@@ -36,6 +38,12 @@ class RedisServer:
     @property
     def url(self) -> str:
         return f"redis://{self.host}:{self.port}/0"
+
+    def kill(self) -> None:
+        """SIGKILL, as a crash would: no shutdown, no save."""
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
 
     def stop(self) -> None:
         if self.process.poll() is None:
@@ -95,6 +103,34 @@ def start_redis_server(folder: Path, port: int | None = None, *, persist: bool =
     pytest.fail(f"redis-server did not start:\n{log}")
 
 
+def start_sentinel(folder: Path, primary_port: int, service: str, *, down_after_ms: int = 500) -> RedisServer:
+    """Start a Sentinel (`redis-server --sentinel`, no separate package) watching the primary on `primary_port`.
+
+    Quorum 1: this one Sentinel alone decides a failover, `down_after_ms` after the primary stops answering.
+    """
+    binary = shutil.which("redis-server")
+    if binary is None:
+        pytest.fail("redis-server is not installed (apt-get install redis-server)")
+    folder.mkdir(parents=True, exist_ok=True)
+    for _ in range(3):
+        port = free_port()
+        conf = folder / "sentinel.conf"  # Sentinel rewrites its file as it learns: it must be its own
+        conf.write_text(
+            f"port {port}\nbind 127.0.0.1\ndir {folder}\nlogfile {folder / 'sentinel.log'}\n"
+            f"sentinel monitor {service} 127.0.0.1 {primary_port} 1\n"
+            f"sentinel down-after-milliseconds {service} {down_after_ms}\n"
+            f"sentinel failover-timeout {service} 5000\n"
+        )
+        process = subprocess.Popen([binary, str(conf), "--sentinel"], stdout=subprocess.DEVNULL,
+                                   stderr=subprocess.DEVNULL)
+        server = RedisServer("127.0.0.1", port, process, folder)
+        if _wait_until_ready(server):
+            return server
+        server.stop()
+    log = (folder / "sentinel.log").read_text(errors="replace")[-2000:]
+    pytest.fail(f"redis-sentinel did not start:\n{log}")
+
+
 @pytest.fixture(scope="session")
 def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
     server = start_redis_server(tmp_path_factory.mktemp("redis"))
@@ -127,3 +163,18 @@ def start_redis_servers() -> Iterator[Callable[..., RedisServer]]:
     yield start
     for server in started:
         server.stop()
+
+
+@pytest.fixture
+def start_sentinels() -> Iterator[Callable[..., RedisServer]]:
+    """A function `(folder, primary_port, service) -> RedisServer` starting Sentinels; all stopped after the test."""
+    started: list[RedisServer] = []
+
+    def start(folder: Path, primary_port: int, service: str) -> RedisServer:
+        sentinel = start_sentinel(folder, primary_port, service)
+        started.append(sentinel)
+        return sentinel
+
+    yield start
+    for sentinel in started:
+        sentinel.stop()
