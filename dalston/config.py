@@ -36,6 +36,10 @@ class ServerConfig:
     send_timeout_s: float = 5.0
     max_connections: int = 10000
     max_sessions_per_client_ip: int = 64
+    handshake_timeout_s: float = 10.0
+    tls_cert_file: str = ""
+    tls_key_file: str = ""
+    link_ca_file: str = ""
 
 
 @dataclass(frozen=True)
@@ -50,6 +54,8 @@ class NodeConfig:
     link_token: str = "dalston-dev-link-token"
     models: tuple[str, ...] = ("fast", "accurate")
     advertise_url: str = ""  # the ws:// URL gateways reach this worker at; empty: ws://host:port
+    tls_cert_file: str = ""
+    tls_key_file: str = ""
 
 
 @dataclass(frozen=True)

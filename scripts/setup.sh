@@ -11,6 +11,7 @@ if [[ "${1:-}" == "--for-tests" ]]; then
     command -v redis-server >/dev/null || missing+=(redis-server)
     [[ -x /usr/bin/chromium ]] || missing+=(chromium)
     [[ -x /usr/bin/chromedriver ]] || missing+=(chromium-driver)
+    command -v openssl >/dev/null || missing+=(openssl)  # the TLS tests make their certificate with it
     if (( ${#missing[@]} )); then
         if [[ $(id -u) -eq 0 ]]; then SUDO=""; else SUDO="sudo"; fi
         echo "setup: installing ${missing[*]} with apt-get" >&2

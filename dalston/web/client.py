@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import ssl
 import subprocess
 import time
 from collections.abc import AsyncIterator
@@ -24,11 +25,13 @@ DEFAULT_URL = "ws://127.0.0.1:8000/v1/audio/transcriptions/stream"
 
 
 class StreamClient:
-    def __init__(self, url: str = DEFAULT_URL, *, api_key: str | None = None, **params: Any) -> None:
+    def __init__(self, url: str = DEFAULT_URL, *, api_key: str | None = None, tls: ssl.SSLContext | None = None,
+                 **params: Any) -> None:
         query = {k: str(v).lower() if isinstance(v, bool) else str(v) for k, v in params.items()}
         self.url = f"{url}?{urlencode(query)}" if query else url
         self.sample_rate = int(params.get("sample_rate", 16000))
         self._headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        self._tls = tls  # for wss:// with a certificate the system does not trust (a private CA)
         self._http: aiohttp.ClientSession | None = None
         self._ws: aiohttp.ClientWebSocketResponse | None = None
         self.close_code: int | None = None
@@ -37,7 +40,8 @@ class StreamClient:
     async def __aenter__(self) -> Self:
         self._http = aiohttp.ClientSession()
         try:
-            self._ws = await self._http.ws_connect(self.url, headers=self._headers, max_msg_size=1 << 24)
+            self._ws = await self._http.ws_connect(self.url, headers=self._headers, max_msg_size=1 << 24,
+                                                   ssl=self._tls if self._tls is not None else True)
         except BaseException:
             await self._http.close()
             raise

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import secrets
+import ssl
 import time
 import weakref
 from dataclasses import dataclass, field
@@ -113,7 +114,9 @@ def create_gateway_app(config: Config, registry: NodeRegistry) -> web.Applicatio
 async def _http_client(app: web.Application):  # type: ignore[no-untyped-def]
     state = app[STATE_KEY]
     # A link lives as long as its session: no connection cap below the gateway's own session limits.
-    state.http = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0, limit_per_host=0))
+    ca_file = state.config.server.link_ca_file
+    tls = ssl.create_default_context(cafile=ca_file) if ca_file else True  # for wss:// worker links
+    state.http = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0, limit_per_host=0, ssl=tls))
     yield
     await state.http.close()
     await state.router.close()

@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import ipaddress
 import signal
+import ssl
 from collections.abc import AsyncIterator
 
 import structlog
@@ -62,7 +63,8 @@ def check_worker_bind(config: Config) -> None:
 
 def worker_endpoint(config: Config, port: int) -> str:
     """Where gateways reach this worker: `node.advertise_url`, else the bind address and the bound port."""
-    return config.node.advertise_url or f"ws://{config.node.host}:{port}"
+    scheme = "wss" if config.node.tls_cert_file else "ws"
+    return config.node.advertise_url or f"{scheme}://{config.node.host}:{port}"
 
 
 def open_registry(config: Config) -> NodeRegistry:
@@ -74,11 +76,24 @@ def open_registry(config: Config) -> NodeRegistry:
                           lease_ttl_s=config.registry.lease_ttl_s)
 
 
-async def start_site(app: web.Application, host: str, port: int) -> tuple[web.AppRunner, int]:
+def server_tls(cert_file: str, key_file: str) -> ssl.SSLContext | None:
+    """A TLS context for listening, when a certificate is configured."""
+    if not cert_file:
+        return None
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(cert_file, key_file or None)
+    return context
+
+
+async def start_site(app: web.Application, host: str, port: int, *, tls: ssl.SSLContext | None = None,
+                     handshake_timeout_s: float = 10.0) -> tuple[web.AppRunner, int]:
+    """Serve `app`; a connection that sends no request within `handshake_timeout_s` is closed (aiohttp's
+    keep-alive timer starts with the connection), so idle sockets cannot pile up."""
     app.middlewares.append(access_log)  # our structlog line instead of aiohttp's (which would print the query)
-    runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=5.0, access_log=None)
+    runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=5.0, access_log=None,
+                           keepalive_timeout=handshake_timeout_s)
     await runner.setup()
-    site = web.TCPSite(runner, host, port)
+    site = web.TCPSite(runner, host, port, ssl_context=tls)
     await site.start()
     bound = runner.addresses[0][1]
     return runner, bound
@@ -114,7 +129,9 @@ async def running_worker(config: Config, registry: NodeRegistry) -> AsyncIterato
     check_worker_bind(config)
     preload_vad(config.vad.backend)  # a missing VAD backend stops the node here, not its first session
     node = WorkerNode(config, registry, endpoint="")
-    runner, port = await start_site(create_worker_app(node), config.node.host, config.node.port)
+    runner, port = await start_site(create_worker_app(node), config.node.host, config.node.port,
+                                    tls=server_tls(config.node.tls_cert_file, config.node.tls_key_file),
+                                    handshake_timeout_s=config.server.handshake_timeout_s)
     node.endpoint = worker_endpoint(config, port)  # known once the port is bound (port 0 picks one)
     try:
         await node.start()
@@ -130,7 +147,9 @@ async def running_gateway(config: Config, registry: NodeRegistry) -> AsyncIterat
     reaper = Reaper(registry, config.registry.reap_interval_s)
     reaper.start()
     app = create_gateway_app(config, registry)
-    runner, port = await start_site(app, config.server.host, config.server.port)
+    runner, port = await start_site(app, config.server.host, config.server.port,
+                                    tls=server_tls(config.server.tls_cert_file, config.server.tls_key_file),
+                                    handshake_timeout_s=config.server.handshake_timeout_s)
     log.info("gateway.listening", host=config.server.host, port=port)
     try:
         yield port
@@ -146,7 +165,8 @@ async def serve(config: Config) -> None:
     worker_config = config.replace("node", port=0)
     try:
         async with running_worker(worker_config, registry) as node, running_gateway(config, registry) as port:
-            print(f"dalston: listening on ws://{config.server.host}:{port}/v1/audio/transcriptions/stream",
+            scheme = "wss" if config.server.tls_cert_file else "ws"
+            print(f"dalston: listening on {scheme}://{config.server.host}:{port}/v1/audio/transcriptions/stream",
                   flush=True)
             print(f"dalston: worker node at {node.endpoint.replace('ws://', 'http://')} "
                   f"(dalston tree --url http://{config.server.host}:{port}; operations page at /ops)", flush=True)
