@@ -1,0 +1,123 @@
+"""Telephony and browser audio through a real session on tiny.en: G.711 at 8 kHz, Opus in Ogg and WebM.
+
+The five LibriVox clips plus six flite sentences (172 words) are encoded in the test by ffmpeg's encoders
+(through PyAV) and sent in frames of random sizes. Opus must be within 2 points of word error of 16 kHz PCM.
+G.711 carries telephone band audio: the same clips as plain 8 kHz PCM already lose about 3 points on tiny.en
+(measured: 2.9% at 16 kHz, 5.8% at 8 kHz), so the decoders are held to 2 points of 8 kHz PCM; every figure is
+printed (`-s`) for the issue's note.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import Callable
+
+import pytest
+from audio_encoders import encode, random_frames
+from speech_fixtures import (
+    Clip,
+    SessionRun,
+    check_event_order,
+    errors,
+    librivox_clips,
+    sample_clip,
+    start_session,
+)
+from speech_synthesis import SENTENCES, needs_flite, synthesise
+
+from dalston.actors.decoder import WhisperDecoder
+from dalston.actors.protocol import ErrorCode, ErrorOccurred, FinalTranscribed, StreamParams
+from dalston.actors.runtime import spawn
+from dalston.actors.session import SessionActor, SessionLimits
+from dalston.actors.speech import new_segmenter
+from dalston.config import VadConfig
+from dalston.wer import corpus_word_error_rate
+
+pytestmark = pytest.mark.slow
+
+MAX_EXTRA_WER = 0.02
+VOICES = ("slt", "rms", "awb")
+
+
+def corpus() -> list[Clip]:
+    return [*librivox_clips(), *(synthesise(text, VOICES[i % 3]) for i, text in enumerate(SENTENCES))]
+
+
+def client_bytes(pcm, rate: int, encoding: str) -> bytes:
+    return pcm.tobytes() if encoding == "pcm_s16le" else encode(pcm, rate, encoding)
+
+
+async def transcribe(factory: Callable[[], WhisperDecoder], encoding: str, rate: int,
+                     seed: int) -> list[tuple[str, str]]:
+    pairs = []
+    for index, clip in enumerate(corpus()):
+        source = clip if rate == clip.sample_rate else clip.resampled(rate)
+        run = await start_session(factory, StreamParams(encoding=encoding, sample_rate=rate, interim_results=False))
+        await run.push(random_frames(client_bytes(source.pcm, rate, encoding), random.Random(seed + index)))
+        await run.finish()
+        await run.close()
+        check_event_order(run.events)
+        assert errors(run.events) == [], (encoding, run.events[-2:])
+        pairs.append((clip.text, run.end.transcript))
+    return pairs
+
+
+WER: dict[tuple[str, int], float] = {}
+
+
+async def word_error(factory: Callable[[], WhisperDecoder], encoding: str, rate: int) -> float:
+    if (encoding, rate) not in WER:
+        WER[encoding, rate] = corpus_word_error_rate(await transcribe(factory, encoding, rate, seed=rate))
+        print(f"word error {encoding} at {rate} Hz: {WER[encoding, rate]:.4f}")
+    return WER[encoding, rate]
+
+
+@needs_flite
+@pytest.mark.parametrize("encoding", ["ogg_opus", "webm_opus"])
+async def test_opus_in_ogg_or_webm_is_transcribed_within_two_points_of_16_khz_pcm(
+    tiny_factory: Callable[[], WhisperDecoder], encoding: str,
+) -> None:
+    reference = await word_error(tiny_factory, "pcm_s16le", 16000)
+    assert await word_error(tiny_factory, encoding, 16000) <= reference + MAX_EXTRA_WER
+
+
+@needs_flite
+@pytest.mark.parametrize("encoding", ["pcm_mulaw", "pcm_alaw"])
+async def test_g711_at_8_khz_is_transcribed_within_two_points_of_8_khz_linear_pcm(
+    tiny_factory: Callable[[], WhisperDecoder], encoding: str,
+) -> None:
+    reference = await word_error(tiny_factory, "pcm_s16le", 8000)
+    wideband = await word_error(tiny_factory, "pcm_s16le", 16000)
+    wer = await word_error(tiny_factory, encoding, 8000)
+    assert wer <= reference + MAX_EXTRA_WER
+    assert wer <= wideband + 3 * MAX_EXTRA_WER  # the telephone band's own cost stays what was measured
+
+
+async def test_a_corrupt_opus_page_ends_only_its_own_session_with_invalid_audio(
+    tiny_factory: Callable[[], WhisperDecoder],
+) -> None:
+    clip = sample_clip()
+    good = await start_session(tiny_factory, StreamParams(interim_results=False), session_id="good")
+    bad = SessionRun(good.transcriber, good.transcriber)
+    bad.session = await spawn(SessionActor(
+        "bad", StreamParams(encoding="ogg_opus"), transcriber=good.transcriber,
+        segmenter=new_segmenter(VadConfig()), sink=bad.sink, limits=SessionLimits(), model_language="en"))
+    stream = bytearray(encode(clip.pcm[: clip.sample_rate * 8], clip.sample_rate, "ogg_opus"))
+    stream[len(stream) // 2] ^= 0xFF  # inside some page's payload: its CRC no longer matches
+    pcm_frames = list(random_frames(clip.pcm.tobytes(), random.Random(5)))
+    half = len(pcm_frames) // 2
+
+    await good.push(pcm_frames[:half])
+    await bad.push(random_frames(bytes(stream), random.Random(6), max_bytes=1000))
+    await asyncio.wait_for(bad.session.wait_stopped(), 30)
+    await good.push(pcm_frames[half:])
+    await good.finish()
+
+    bad_errors = bad.of(ErrorOccurred)
+    assert [error.code for error in bad_errors] == [ErrorCode.INVALID_AUDIO]
+    assert "CRC mismatch" in bad_errors[0].message
+    assert errors(good.events) == []
+    assert len(good.of(FinalTranscribed)) >= 5
+    assert corpus_word_error_rate([(clip.text, good.end.transcript)]) <= 0.15
+    await good.close()
