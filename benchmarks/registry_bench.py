@@ -1,8 +1,13 @@
 """Registry benchmark: acquire + release latency and throughput with many simulated workers in a real Redis.
 
-Simulated workers register (and keep heartbeating in the background, as real ones would); several
+Throughput: simulated workers register (and keep heartbeating in the background, as real ones would); several
 "gateways" (separate RedisRegistry clients) run concurrent callers that each acquire a slot and release it.
 Half of every worker's slots are held throughout, so choices happen in a partly full cluster.
+
+Redis time (`redis_time`): a cluster of --sim-workers workers holding --sim-sessions live sessions; each script
+is run one at a time and Redis's own execution time per call is read from SLOWLOG (threshold 0), with the
+client's round trip beside it: acquire, release, a heartbeat renewing the worker's ~10 live sessions, a
+reconciling heartbeat (one lapsed lease ended, one unknown session adopted), models(), a reap round.
 
     .venv/bin/python benchmarks/registry_bench.py [--redis-url URL] [--workers 10,1000] [--duration-s 5]
 
@@ -22,9 +27,10 @@ import subprocess
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from contextlib import contextmanager
+from functools import partial
 
 import redis
 import redis.asyncio as aioredis
@@ -74,7 +80,8 @@ def wait_until_answering(url: str, timeout_s: float = 10.0) -> None:
 def gateway(url: str, prefix: str, connections: int) -> RedisRegistry:
     # A connection for each concurrent caller: the figures then measure Redis and the client, not pool waits.
     client = aioredis.Redis.from_url(url, max_connections=connections, decode_responses=True)
-    return RedisRegistry(client, prefix=prefix, owns_client=True)
+    # Leases long enough that the held sessions outlive the run: these heartbeats list no sessions.
+    return RedisRegistry(client, prefix=prefix, owns_client=True, lease_ttl_s=3600.0)
 
 
 async def script_cost_us(client: aioredis.Redis) -> tuple[int, int]:
@@ -207,10 +214,115 @@ async def bench(url: str, n_workers: int, args: argparse.Namespace) -> dict[str,
     }
 
 
+Calls = list[Callable[[], Awaitable[object]]]
+
+
+async def run_calls(calls: Calls) -> list[float]:
+    round_trips = []
+    for call in calls:
+        started = time.perf_counter()
+        await call()
+        round_trips.append(time.perf_counter() - started)
+    return round_trips
+
+
+async def measure(client: aioredis.Redis, make_calls: Callable[[], Awaitable[Calls]]) -> dict[str, object]:
+    """Two passes of the calls `make_calls` prepares, one at a time.
+
+    First with SLOWLOG at threshold 0: Redis's execution time of each script (its median and p95; logging every
+    command inside the scripts adds a little). Then without it: the mean from INFO commandstats, and the
+    client's round trips.
+    """
+    calls = await make_calls()
+    log_len = len(calls) * 200 + 64  # Redis 7 also logs every command a script runs: room for all of them
+    await client.config_set("slowlog-max-len", log_len)
+    await client.config_set("slowlog-log-slower-than", 0)
+    await client.slowlog_reset()
+    await run_calls(calls)
+    entries = await client.slowlog_get(log_len)
+    await client.config_set("slowlog-log-slower-than", 10_000)
+    scripts_us = sorted(e["duration"] for e in entries if _text(e["command"]).upper().startswith("EVALSHA"))
+    calls = await make_calls()
+    before = await script_cost_us(client)
+    round_trips = await run_calls(calls)
+    after = await script_cost_us(client)
+    mean_us = (after[1] - before[1]) / max(1, after[0] - before[0])
+    return {"calls": len(calls), "redis_us": summary_us(scripts_us), "redis_us_mean_unlogged": round(mean_us, 1),
+            "round_trip_ms": summary_ms(round_trips)}
+
+
+def _text(value: object) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def summary_us(values: list[int]) -> dict[str, float]:
+    return {"median": statistics.median(values) if values else 0, "p95": percentile(values, 0.95),
+            "max": values[-1] if values else 0}
+
+
+async def simulated_cluster(registry: RedisRegistry, n_workers: int, n_sessions: int) -> dict[str, list[str]]:
+    """Workers with `n_sessions` live sessions spread evenly, and two free slots each; worker id -> its sessions."""
+    per_worker = n_sessions // n_workers
+    live: dict[str, list[str]] = {f"w{n:05d}": [] for n in range(n_workers)}
+    for worker_id in live:
+        info = WorkerInfo(worker_id, f"ws://{worker_id}:9000", per_worker + 2, ("fast", "accurate"))
+        await registry.register(info, LIVENESS_TTL_S)
+    for n in range(n_workers * per_worker):
+        allocation = await registry.acquire(SessionInfo(f"live-{n}", "fast"))
+        assert allocation is not None
+        live[allocation.worker_id].append(allocation.session_id)
+    return live
+
+
+async def redis_time(url: str, args: argparse.Namespace) -> dict[str, object]:
+    prefix = f"bench:{uuid.uuid4().hex[:8]}:"
+    client = aioredis.Redis.from_url(url, decode_responses=True)
+    registry = RedisRegistry(client, prefix=prefix)
+    live = await simulated_cluster(registry, args.sim_workers, args.sim_sessions)
+    sample = list(live)[: args.sim_calls]
+    rounds = iter(range(1_000_000))
+    acquired: list[list[str]] = []  # two passes of acquires fill each worker's two free slots at most
+
+    async def acquires() -> Calls:
+        n = next(rounds)
+        acquired.append([f"probe-{n}-{w}" for w in sample])
+        return [partial(registry.acquire, SessionInfo(p, "fast")) for p in acquired[-1]]
+
+    async def releases() -> Calls:
+        return [partial(registry.release, p) for p in acquired.pop(0)]
+
+    async def renewals() -> Calls:
+        return [partial(registry.heartbeat, w, LIVENESS_TTL_S, live[w]) for w in sample]
+
+    async def reconciliations() -> Calls:
+        # Per worker: one session whose lease lapsed and that it no longer lists, one it lists the registry never saw.
+        n = next(rounds)
+        for w in sample:
+            await client.zadd("{" + prefix + "}leases", {live[w][0]: 0}, xx=True)
+            live[w] = [*live[w][1:], f"adopted-{n}-{w}"]
+        return [partial(registry.heartbeat, w, LIVENESS_TTL_S, live[w]) for w in sample]
+
+    async def model_lists() -> Calls:
+        return [registry.models for _ in range(200)]
+
+    async def reaps() -> Calls:
+        return [registry.reap for _ in range(20)]
+
+    report: dict[str, object] = {"workers": len(live), "live_sessions": sum(map(len, live.values()))}
+    for name, make in (("acquire", acquires), ("release", releases), ("heartbeat_renew_10", renewals),
+                       ("heartbeat_reconcile", reconciliations), ("models", model_lists),
+                       ("reap_nobody_dead", reaps)):
+        report[name] = await measure(client, make)
+    await client.aclose()
+    return report
+
+
 async def main_async(url: str, args: argparse.Namespace) -> dict[str, object]:
     client = aioredis.Redis.from_url(url, decode_responses=True)
     server = await client.info("server")
     await client.aclose()
+    if args.only_redis_time:
+        return {"redis_version": server["redis_version"], "redis_time": await redis_time(url, args)}
     results = [await bench(url, int(n), args) for n in args.workers.split(",")]
     return {
         "redis_version": server["redis_version"],
@@ -220,6 +332,7 @@ async def main_async(url: str, args: argparse.Namespace) -> dict[str, object]:
         "duration_s": args.duration_s,
         "heartbeat_interval_s": args.heartbeat_interval_s,
         "results": results,
+        "redis_time": await redis_time(url, args),
     }
 
 
@@ -233,6 +346,10 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=32, help="concurrent callers, over all gateways")
     parser.add_argument("--duration-s", type=float, default=5.0)
     parser.add_argument("--heartbeat-interval-s", type=float, default=1.0)
+    parser.add_argument("--sim-workers", type=int, default=1000, help="redis_time: simulated workers")
+    parser.add_argument("--sim-sessions", type=int, default=10_000, help="redis_time: live sessions, spread evenly")
+    parser.add_argument("--sim-calls", type=int, default=1000, help="redis_time: calls measured per operation")
+    parser.add_argument("--only-redis-time", action="store_true", help="skip the throughput runs")
     args = parser.parse_args()
     if args.redis_url:
         report = asyncio.run(main_async(args.redis_url, args))
