@@ -70,10 +70,20 @@ class RegistryConfig:
 @dataclass(frozen=True)
 class SessionConfig:
     max_frame_bytes: int = 131072
-    idle_timeout_s: float = 60.0
+    idle_timeout_s: float = 300.0
     max_duration_s: float = 14400.0
     partial_interval_ms: int = 500
     mailbox_size: int = 64
+    # What a client may ask per session (query parameters and `configure`).
+    min_silence_ms_min: int = 100
+    min_silence_ms_max: int = 5000
+    max_segment_s_min: float = 6.0
+    max_segment_s_max: float = 30.0
+    vad_threshold_min: float = 0.1
+    vad_threshold_max: float = 0.95
+    max_keyterms: int = 50
+    max_keyterm_chars: int = 50
+    max_prompt_chars: int = 500
 
 
 @dataclass(frozen=True)
