@@ -231,7 +231,7 @@ def check_vocabulary(keyterms: object, prompt: object, bounds: SessionBounds) ->
 
 
 def _parse_channels(raw: str) -> int:
-    if not raw.isdigit() or not 1 <= int(raw) <= MAX_CHANNELS:
+    if not (raw.isascii() and raw.isdigit()) or not 1 <= int(raw) <= MAX_CHANNELS:
         raise ProtocolError(ErrorCode.INVALID_REQUEST, f"channels: expected an integer from 1 to {MAX_CHANNELS}, "
                                                        f"got {raw[:32]!r}")
     return int(raw)
@@ -249,7 +249,7 @@ def _parse_bool(query: Mapping[str, str], name: str, default: bool) -> bool:
 
 
 def _parse_sample_rate(raw: str) -> int:
-    if not raw.isdigit() or not SAMPLE_RATE_MIN <= int(raw) <= SAMPLE_RATE_MAX:
+    if not (raw.isascii() and raw.isdigit()) or not SAMPLE_RATE_MIN <= int(raw) <= SAMPLE_RATE_MAX:
         raise ProtocolError(
             ErrorCode.INVALID_REQUEST,
             f"sample_rate: expected an integer from {SAMPLE_RATE_MIN} to {SAMPLE_RATE_MAX}, got {raw[:32]!r}",
