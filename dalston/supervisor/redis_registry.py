@@ -239,30 +239,36 @@ class RedisRegistry(NodeRegistry):
         _, *reaped = await self._run(self._reap, now, self._ended_ttl_ms)
         return sorted(_text(worker_id) for worker_id in reaped)
 
+    async def _now_ms(self) -> int:
+        # Redis's clock, as the scripts use; its own round trip (Redis Cluster refuses TIME in a pipeline).
+        seconds, micros = await self._redis.time()
+        return int(seconds) * 1000 + int(micros) // 1000
+
     async def list_workers(self) -> list[WorkerRecord]:
         with _unavailable_on_connection_errors():
+            now_ms = await self._now_ms()
             pipe = self._redis.pipeline(transaction=False)
-            pipe.hgetall(self.key("workers")).zrange(self.key("alive"), 0, -1, withscores=True).time()
-            workers, deadlines, (seconds, micros) = await pipe.execute()
-        now_ms = seconds * 1000 + micros // 1000
+            pipe.hgetall(self.key("workers")).zrange(self.key("alive"), 0, -1, withscores=True)
+            workers, deadlines = await pipe.execute()
         alive = {_text(wid): score > now_ms for wid, score in deadlines}
         return [_worker_record(wid, raw, alive.get(wid, False)) for wid, raw in sorted(_texts(workers).items())]
 
     async def get_session(self, session_id: str) -> SessionRecord | None:
         with _unavailable_on_connection_errors():
+            now_ms = await self._now_ms()
             pipe = self._redis.pipeline(transaction=False)
-            pipe.hget(self.key("sessions"), session_id).zscore(self.key("ended"), session_id).time()
-            raw, expires_ms, (seconds, micros) = await pipe.execute()
-        if raw is None or (expires_ms is not None and expires_ms <= seconds * 1000 + micros // 1000):
+            pipe.hget(self.key("sessions"), session_id).zscore(self.key("ended"), session_id)
+            raw, expires_ms = await pipe.execute()
+        if raw is None or (expires_ms is not None and expires_ms <= now_ms):
             return None  # an ended record past its time, not yet dropped
         return _session_record(session_id, _text(raw))
 
     async def list_sessions(self, active_only: bool = True) -> list[SessionRecord]:
         with _unavailable_on_connection_errors():
+            now_ms = await self._now_ms()
             pipe = self._redis.pipeline(transaction=False)
-            pipe.hgetall(self.key("sessions")).zrange(self.key("ended"), 0, -1, withscores=True).time()
-            sessions, ended, (seconds, micros) = await pipe.execute()
-        now_ms = seconds * 1000 + micros // 1000
+            pipe.hgetall(self.key("sessions")).zrange(self.key("ended"), 0, -1, withscores=True)
+            sessions, ended = await pipe.execute()
         gone = {_text(sid) for sid, expires_ms in ended if expires_ms <= now_ms}
         records = [_session_record(sid, raw) for sid, raw in sorted(_texts(sessions).items()) if sid not in gone]
         return [r for r in records if r.status is SessionStatus.ACTIVE or not active_only]
