@@ -1,9 +1,10 @@
 """The cluster registry: which workers exist, how full they are, which sessions run where.
 
 `NodeRegistry` is the interface the gateway, the worker node and the CLI use. Two implementations share its
-semantics: `RedisRegistry` (many processes, one Redis; every mutation is one atomic Lua script) and
-`MemoryRegistry` (one process, no Redis). Allocation is "most free slots wins" among live, ready workers that
-have the model, chosen from a per-model index of free slots so that acquiring never reads every worker.
+semantics: `RedisRegistry` (many processes, one Redis, a Sentinel-managed primary or Redis Cluster; every
+mutation is one atomic Lua script) and `MemoryRegistry` (one process, no Redis). Allocation is "most free
+slots wins" among live, ready workers that have the model, chosen from a per-model index of free slots so
+that acquiring never reads every worker.
 """
 
 from __future__ import annotations
@@ -17,6 +18,11 @@ from typing import Self
 
 DEFAULT_PREFIX = "dalston:realtime:"
 DEFAULT_ENDED_SESSION_TTL_S = 3600.0
+# A session's slot lease. Ten of the default 1 s heartbeats: a worker that misses a few heartbeats (a GC pause, a
+# slow Redis) keeps its sessions, while a slot nobody holds any more (a reservation its gateway never spawned, a
+# release that never landed) is back within 10 s. A reservation is in no heartbeat until its session runs on the
+# worker, so the lease must exceed the gateway's spawn timeout (5 s) plus one heartbeat interval; sessions a
+# worker lists are renewed by every heartbeat, however late (so a worker back from a pause keeps them).
 DEFAULT_LEASE_TTL_S = 10.0
 
 
@@ -143,8 +149,13 @@ class NodeRegistry(abc.ABC):
       a session of that worker absent from the list whose lease expired is ended and its slot freed; a live
       session the registry does not know (after a reap or a Redis restart) is adopted. So a reservation that
       no worker ever confirmed, or a release that never landed, holds its slot at most one lease TTL;
+    - adopting never takes a session a gateway released (its worker may list it for a moment while it stops),
+      nor one active on another worker (placed there again after a failover); an adopted session is counted
+      even if that puts the worker over its capacity (the worker runs it: the count tells the truth, and acquire
+      gives it nothing until it is below capacity again);
     - `active_sessions` is the number of active sessions recorded on the worker; only acquire, release,
       reconciliation and reaping/deregistering change it;
+    - `mark_suspect` makes every acquire skip the worker until the time is up (a longer suspicion is kept);
     - ended sessions are kept for `ended_session_ttl_s` and then vanish.
     """
 
