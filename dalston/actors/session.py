@@ -81,7 +81,7 @@ class SessionLimits:
 def whisper_prompt(keyterms: tuple[str, ...], prompt: str) -> str | None:
     """The decoder prompt for a session's vocabulary: Whisper continues the text it is shown, so terms listed
     there come out spelt that way when they are said (and, short of hallucination, not when they are not)."""
-    parts = [f"Glossary: {', '.join(keyterms)}." if keyterms else "", prompt]
+    parts = [f"{', '.join(keyterms)}." if keyterms else "", prompt]  # a bare list: "Glossary:" did worse
     text = " ".join(part for part in parts if part)
     return text or None
 
