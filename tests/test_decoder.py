@@ -289,6 +289,7 @@ class Request:
     language: str | None = "en"
     offset_s: float = 2.0
     prompt: str | None = None
+    full_window: bool = False
 
 
 @pytest.mark.slow
@@ -337,3 +338,13 @@ def test_a_batch_of_utterances_with_different_prompts_decodes_each_as_alone(
     alone = [decoder.decode_batch([r])[0] for r in requests]
     assert [r.text for r in together] == [r.text for r in alone]
     assert all(r.text for r in together)
+
+
+@pytest.mark.slow
+def test_a_request_for_the_full_window_gets_the_30_s_decode_under_the_fit_policy(
+        windows: dict[str, WhisperDecoder]) -> None:
+    audio = read_clip(CLIPS[1])
+    forced = windows["fit"].decode_batch([Request(audio, full_window=True)], defer_redo=True)[0]
+    full = windows["full"].decode_batch([Request(audio)])[0]
+    assert forced.window_frames == 3000 and not forced.needs_full_window
+    assert forced.text == full.text

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -233,7 +233,8 @@ class BatchingDecoder(GatedDecoder):
     def batch_key(self, samples: int) -> int:
         return samples
 
-    def decode_batch(self, requests: list[DecodeRequest], *, beam_size: int | None = None) -> list[str]:
+    def decode_batch(self, requests: list[DecodeRequest], *, beam_size: int | None = None,
+                     defer_redo: bool = False) -> list[Any]:
         with self.called:
             self.calls.append([(r.session_id, r.final) for r in requests])
             self.beams.append(beam_size)
@@ -374,5 +375,44 @@ async def test_a_batch_of_long_windows_holds_fewer_requests() -> None:
     decoder.gate.set()
     await wait_for_answers(inbox, 8)
     assert [len(call) for call in decoder.calls] == [1, 2, 1, 4]  # 3-sample windows two at a time, oldest first
+    await transcriber.stop()
+    await inbox_ref.stop()
+
+
+@dataclass(frozen=True)
+class Verdict:
+    text: str
+    needs_full_window: bool
+
+
+class OneDegenerateDecoder(BatchingDecoder):
+    """Session s2's output is degenerate whenever it is decoded in a batch (not alone, not in the 30 s window)."""
+
+    def __init__(self) -> None:
+        super().__init__(max_batch=8)
+        self.full_window: list[bool] = []
+
+    def decode_batch(self, requests: list[DecodeRequest], *, beam_size: int | None = None,
+                     defer_redo: bool = False) -> list[Any]:
+        super().decode_batch(requests, beam_size=beam_size, defer_redo=defer_redo)
+        self.full_window += [r.full_window for r in requests]
+        return [Verdict(f"text of {r.session_id}", defer_redo and r.session_id == "s2" and not r.full_window)
+                for r in requests]
+
+
+async def test_a_degenerate_batch_member_is_decoded_again_alone_without_holding_up_the_others() -> None:
+    decoder = OneDegenerateDecoder()
+    transcriber, inbox_ref, inbox = await start_batching(decoder)
+    await transcriber.tell(sized(inbox_ref, 0, 1, final=True))  # occupies the only thread
+    for session in range(1, 4):
+        await transcriber.tell(sized(inbox_ref, session, 1, final=True))
+    await asyncio.sleep(0.05)
+    decoder.gate.set()
+    await wait_for_answers(inbox, 4)
+    assert [a.session_id for a in inbox.answers] == ["s0", "s1", "s3", "s2"]  # s2 came after its redo
+    assert decoder.calls == [[("s0", True)], [("s1", True), ("s2", True), ("s3", True)], [("s2", True)]]
+    assert decoder.full_window[-1] and not any(decoder.full_window[:-1])
+    assert all(not a.result.needs_full_window for a in inbox.answers)
+    assert transcriber.statistics().extra["finals_redone_alone"] == 1
     await transcriber.stop()
     await inbox_ref.stop()

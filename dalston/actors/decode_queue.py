@@ -68,6 +68,10 @@ class DecodeQueue(Generic[R]):
                     return self._partials.pop(session_id)
         return None
 
+    def resubmit(self, request: R) -> None:
+        """Put back a final that must be decoded again (its batch's output was degenerate): it goes first."""
+        self._finals.appendleft(request)
+
     def take_batch(self, first: R, limit: int, same_batch: Callable[[R], bool],
                    busy_sessions: Container[str] = ()) -> list[R]:
         """`first` (just served by `next`) and up to `limit` - 1 more requests of its kind already queued for

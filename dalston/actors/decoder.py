@@ -61,6 +61,7 @@ class DecodeResult:
     window_frames: int = 0  # encoder input length of the output kept; 0: not decoded (too quiet)
     degenerate: str | None = None  # what was wrong with the first output, if anything
     redone: bool = False  # decoded again with the full 30 s window because of it
+    needs_full_window: bool = False  # degenerate; the caller deferred the second decode (decode_batch)
 
 
 @dataclass(frozen=True)
@@ -274,9 +275,12 @@ class WhisperDecoder:
         return self.decode_batch([_Single(audio, final, word_timestamps, language, offset_s, prompt)],
                                  beam_size=beam_size)[0]
 
-    def decode_batch(self, requests: Sequence[Utterance], *, beam_size: int | None = None) -> list[DecodeResult]:
+    def decode_batch(self, requests: Sequence[Utterance], *, beam_size: int | None = None,
+                     defer_redo: bool = False) -> list[DecodeResult]:
         """Decode several utterances of one kind (all finals or all partials) in one encoder and one generate
-        call. Each request may carry `stable_prefix` (its utterance's stable partial) and `prompt`."""
+        call. Each request may carry `stable_prefix` (its utterance's stable partial), `prompt` and
+        `full_window`. With `defer_redo`, a degenerate final comes back marked `needs_full_window` (its text not
+        to be used) instead of holding up the whole batch while it is decoded again."""
         started = time.perf_counter()
         results: list[DecodeResult | None] = [None] * len(requests)
         jobs: dict[int, Job] = {}
@@ -289,7 +293,8 @@ class WhisperDecoder:
             beam = beam_size or (self.spec.beam_size if request.final else 1)
             jobs[i] = Job(audio, request.final, request.final and request.word_timestamps, language,
                           getattr(request, "prompt", None), beam, getattr(request, "stable_prefix", "") or "",
-                          timestamps=request.final or self.policy.mode == "fit")
+                          timestamps=request.final or self.policy.mode == "fit",
+                          full_window=bool(getattr(request, "full_window", False)))
         long = [i for i, job in jobs.items() if self._direct.content_frames(job.audio.size) > FULL_WINDOW_FRAMES]
         for i in long:  # beyond one window (the VAD cuts before that): faster-whisper's sequential windows
             results[i] = self._decode_long(jobs.pop(i), requests[i].offset_s)
@@ -297,7 +302,7 @@ class WhisperDecoder:
         outputs: list[JobOutput] = []
         for prompt in dict.fromkeys(job.prompt for job in jobs.values()):
             group = {i: job for i, job in jobs.items() if job.prompt == prompt}
-            outputs += self._direct.run(list(group.values()))
+            outputs += self._direct.run(list(group.values()), redo=not defer_redo)
             for (i, job), output in zip(group.items(), outputs[-len(group):], strict=True):
                 results[i] = self._finish(job, output, requests[i].offset_s)
         decode_s = time.perf_counter() - started
@@ -311,7 +316,7 @@ class WhisperDecoder:
         segments = tuple(shift_segment(segment, offset_s) for segment in guarded)
         return DecodeResult(join_text(segments), segments, output.language, duration_s, 0.0,
                             window_frames=output.window_frames, degenerate=output.degenerate,
-                            redone=output.redone)
+                            redone=output.redone, needs_full_window=output.needs_full_window)
 
     def _decode_long(self, job: Job, offset_s: float) -> DecodeResult:
         duration_s = job.audio.size / SAMPLE_RATE

@@ -48,6 +48,7 @@ class Job:
     beam_size: int
     stable_prefix: str = ""  # the utterance's last stable partial text, when the caller knows it
     timestamps: bool = True  # timestamp tokens; off only for full-window partials (greedy reads better so)
+    full_window: bool = False  # the 30 s window whatever the policy (a deferred second decode)
 
 
 @dataclass(frozen=True)
@@ -70,6 +71,7 @@ class JobOutput:
     window_frames: int  # of the pass whose output this is
     degenerate: str | None  # what was wrong with the first pass's output, if anything
     redone: bool  # decoded again with the full window because of it (finals; a partial just loses its text)
+    needs_full_window: bool = False  # degenerate, and the caller asked to run the second decode itself
 
 
 @dataclass(frozen=True)
@@ -121,17 +123,22 @@ class DirectWhisper:
         """Mel frames of `samples` of audio, as the feature extractor computes them (less its padding frame)."""
         return samples // 160  # (samples + 160 of padding) // hop + 1 frames, the last of them padding
 
-    def run(self, jobs: Sequence[Job]) -> list[JobOutput]:
-        """Decode `jobs` as one batch (same beam size for all: the first job's)."""
+    def run(self, jobs: Sequence[Job], *, redo: bool = True) -> list[JobOutput]:
+        """Decode `jobs` as one batch (same beam size for all: the first job's). With `redo` False a degenerate
+        final is not decoded again here but marked `needs_full_window`, so that the rest of its batch need not
+        wait for that second decode."""
         if not jobs:
             return []
         features = [self._whisper.feature_extractor(np.ascontiguousarray(job.audio, dtype=np.float32))
                     for job in jobs]
         frames = batch_window_frames([f.shape[-1] - 1 for f in features], self.policy)
+        if any(job.full_window for job in jobs):
+            frames = FULL_WINDOW_FRAMES
         passes, languages = self._decode_window(jobs, features, frames, detect=True)
         reasons = [self._reason(job, done) for job, done in zip(jobs, passes, strict=True)]
-        redo = [i for i, job in enumerate(jobs)
-                if job.final and reasons[i] and frames < FULL_WINDOW_FRAMES and self.fallback_to_full]
+        wanted = [i for i, job in enumerate(jobs)
+                  if job.final and reasons[i] and frames < FULL_WINDOW_FRAMES and self.fallback_to_full]
+        redo = wanted if redo else []
         for i, job in enumerate(jobs):
             if not job.final and reasons[i] and frames < FULL_WINDOW_FRAMES:
                 passes[i] = replace(passes[i], segments=[], text="")  # no text rather than wrong text
@@ -143,7 +150,7 @@ class DirectWhisper:
         self._raise_temperature(jobs, features, passes, languages)
         words = self._words(jobs, passes, languages, features)
         return [JobOutput(self._segments(job, done, languages[i], words.get(i)), languages[i], done.window_frames,
-                          reasons[i], i in redo)
+                          reasons[i], i in redo, needs_full_window=i in wanted and i not in redo)
                 for i, (job, done) in enumerate(zip(jobs, passes, strict=True))]
 
     # ------------------------------------------------------------------ passes

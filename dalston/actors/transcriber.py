@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import time
 from collections.abc import Callable, Hashable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -52,7 +53,8 @@ class BatchDecoder(Decoder, Protocol):
 
     def batch_limit(self, key: Any) -> int: ...  # optional: at most this many of one key in a call
 
-    def decode_batch(self, requests: Sequence[Any], *, beam_size: int | None = None) -> list[Any]: ...
+    def decode_batch(self, requests: Sequence[Any], *, beam_size: int | None = None,
+                     defer_redo: bool = False) -> list[Any]: ...
 
 
 @dataclass(frozen=True, eq=False)
@@ -70,6 +72,7 @@ class DecodeRequest:
     language: str | None = None
     submitted_at: float = field(default_factory=time.monotonic)
     stable_prefix: str = ""  # the utterance's stable partial text: a final contradicting it is decoded again
+    full_window: bool = False  # set by the transcriber when a batch's output for it was degenerate
     prompt: str | None = None  # Whisper initial prompt (the session's keyterms and prompt)
 
 
@@ -137,6 +140,7 @@ class TranscriberActor(Actor):
         self._batches = 0
         self._batched_requests = 0
         self._largest_batch = 0
+        self._redone = 0  # batch members decoded again alone with the full window
         self._pool: ThreadPoolExecutor | None = None
         self._decoder: Decoder | None = None
         self._decodes = {"final": 0, "partial": 0, "failed": 0}
@@ -185,12 +189,13 @@ class TranscriberActor(Actor):
         """`first` and the requests of its kind waiting now with its encoder window and prompt, up to max_batch."""
         decoder = self._decoder
         max_batch = getattr(decoder, "max_batch", 1)
-        if max_batch <= 1 or not hasattr(decoder, "decode_batch"):
+        if max_batch <= 1 or not hasattr(decoder, "decode_batch") or first.full_window:
             return [first]
         key = decoder.batch_key(first.audio.size)  # type: ignore[union-attr]
         limit = decoder.batch_limit(key) if hasattr(decoder, "batch_limit") else max_batch
         batch = self._queue.take_batch(  # one prompt per batch: the model would split it anyway
-            first, limit, lambda r: decoder.batch_key(r.audio.size) == key and r.prompt == first.prompt,
+            first, limit, lambda r: decoder.batch_key(r.audio.size) == key and r.prompt == first.prompt
+            and not r.full_window,
             busy_sessions=self._partial_sessions)
         self._batches += 1
         self._batched_requests += len(batch)
@@ -213,6 +218,12 @@ class TranscriberActor(Actor):
         try:
             for request, result in zip(batch, results, strict=True):
                 self._count(request, error, finished - started, started - request.submitted_at)
+                if error is None and getattr(result, "needs_full_window", False):
+                    # Its output was degenerate: decode it again with the 30 s window, first in line, without
+                    # having held up the rest of its batch.
+                    self._queue.resubmit(dataclasses.replace(request, full_window=True))
+                    self._redone += 1
+                    continue
                 answer = Decoded(request.session_id, request.utterance_id, request.request_id, request.final,
                                  result, error, started - request.submitted_at, finished - started)
                 with contextlib.suppress(ActorDead):  # the session may have ended while its decode ran
@@ -229,7 +240,7 @@ class TranscriberActor(Actor):
         decoder = self._decoder
         assert decoder is not None
         if hasattr(decoder, "decode_batch"):  # even for one: the request's stable_prefix goes with it
-            return list(decoder.decode_batch(batch, beam_size=beam_size))
+            return list(decoder.decode_batch(batch, beam_size=beam_size, defer_redo=len(batch) > 1))
         request = batch[0]
         return [decoder.decode(request.audio, final=request.final, word_timestamps=request.word_timestamps,
                                language=request.language, offset_s=request.offset_s, beam_size=beam_size)]
@@ -263,6 +274,7 @@ class TranscriberActor(Actor):
             "batches": self._batches,
             "mean_batch": round(self._batched_requests / self._batches, 3) if self._batches else None,
             "largest_batch": self._largest_batch,
+            "finals_redone_alone": self._redone,
             "mean_decode_s": round(sum(self._decode_s_sum.values()) / done, 4) if done else None,
             "decode_s_sum": dict(self._decode_s_sum),
             "queued_s_sum": dict(self._queued_s_sum),
