@@ -6,6 +6,8 @@ Run against both RedisRegistry (real redis-server) and MemoryRegistry, except wh
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -243,6 +245,25 @@ async def test_after_an_empty_redis_restart_workers_register_again_with_their_se
         assert await counts(registry) == {"a": 1}
         assert await registry.acquire(session("s2")) is not None
         assert await registry.acquire(session("s3")) is None
+    finally:
+        await registry.close()
+
+
+async def test_a_redis_that_stops_answering_fails_calls_instead_of_hanging_them(
+    tmp_path: Path, start_redis_servers: Callable[..., RedisServer]
+) -> None:
+    server = start_redis_servers(tmp_path / "redis")
+    registry = RedisRegistry.from_url(server.url, socket_timeout_s=0.2)
+    try:
+        await registry.register(worker("a", 1), LIVENESS_TTL_S)
+        os.kill(server.process.pid, signal.SIGSTOP)  # hung, not gone: the socket stays open
+        try:
+            async with asyncio.timeout(10):  # a guard for the test itself, not a timing claim
+                with pytest.raises(RegistryUnavailable):
+                    await registry.heartbeat("a", LIVENESS_TTL_S)
+        finally:
+            os.kill(server.process.pid, signal.SIGCONT)
+        assert await heartbeat_once_redis_answers(registry, "a", [])
     finally:
         await registry.close()
 

@@ -18,6 +18,7 @@ from redis.asyncio.sentinel import Sentinel
 SENTINEL_SCHEME = "redis+sentinel"
 _SENTINEL_SOCKET_TIMEOUT_S = 1.0
 _DEFAULT_SENTINEL_PORT = 26379
+DEFAULT_SOCKET_TIMEOUT_S = 5.0
 
 
 @dataclass(frozen=True)
@@ -78,10 +79,16 @@ class RedisConnection:
                 await sentinel_client.aclose()
 
 
-def connect(url: str, *, socket_timeout_s: float | None = None) -> RedisConnection:
-    """A client (decode_responses=True) for `url`, plain or through Sentinel. Connects lazily."""
+def connect(url: str, *, socket_timeout_s: float | None = DEFAULT_SOCKET_TIMEOUT_S) -> RedisConnection:
+    """A client (decode_responses=True) for `url`, plain or through Sentinel. Connects lazily.
+
+    `socket_timeout_s` bounds every connect and every reply: a Redis that hangs (paused, partitioned) makes
+    calls fail instead of waiting for ever.
+    """
     if not url.startswith(SENTINEL_SCHEME + "://"):
-        return RedisConnection(aioredis.Redis.from_url(url, decode_responses=True, socket_timeout=socket_timeout_s))
+        client = aioredis.Redis.from_url(url, decode_responses=True, socket_timeout=socket_timeout_s,
+                                         socket_connect_timeout=socket_timeout_s)
+        return RedisConnection(client)
     address = parse_sentinel_url(url)
     sentinel_kwargs: dict[str, object] = {"socket_timeout": _SENTINEL_SOCKET_TIMEOUT_S}
     if address.sentinel_password is not None:
@@ -90,6 +97,7 @@ def connect(url: str, *, socket_timeout_s: float | None = None) -> RedisConnecti
         list(address.sentinels),
         sentinel_kwargs=sentinel_kwargs,
         socket_timeout=socket_timeout_s,
+        socket_connect_timeout=socket_timeout_s,
         decode_responses=True,
         username=address.username,
         password=address.password,

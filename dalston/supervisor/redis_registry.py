@@ -20,7 +20,7 @@ import redis.exceptions
 from redis.commands.core import AsyncScript
 
 from dalston.supervisor import registry_lua
-from dalston.supervisor.redis_connect import RedisConnection, connect
+from dalston.supervisor.redis_connect import DEFAULT_SOCKET_TIMEOUT_S, RedisConnection, connect
 from dalston.supervisor.registry import (
     DEFAULT_ENDED_SESSION_TTL_S,
     DEFAULT_LEASE_TTL_S,
@@ -154,9 +154,13 @@ class RedisRegistry(NodeRegistry):
         self._models_script = script(registry_lua.MODELS)
 
     @classmethod
-    def from_url(cls, url: str, **options: object) -> RedisRegistry:
-        """A registry with its own client on `url` (`redis://` or `redis+sentinel://`); `close()` closes it."""
-        connection = connect(url)
+    def from_url(cls, url: str, *, socket_timeout_s: float = DEFAULT_SOCKET_TIMEOUT_S,
+                 **options: object) -> RedisRegistry:
+        """A registry with its own client on `url` (`redis://` or `redis+sentinel://`); `close()` closes it.
+
+        A call Redis does not answer within `socket_timeout_s` raises `RegistryUnavailable`.
+        """
+        connection = connect(url, socket_timeout_s=socket_timeout_s)
         return cls(connection.client, connection=connection, owns_client=True, **options)  # type: ignore[arg-type]
 
     @property
