@@ -141,13 +141,28 @@ def test_the_worklet_keeps_speech_frequencies_and_removes_those_that_would_alias
         assert tone_level_db(browser, rate, frequency_hz) < -60
 
 
-def test_a_server_going_away_mid_session_shows_an_error(browser: WebDriver, own_dalston_server: DalstonServer) -> None:
+def test_a_server_that_dies_mid_session_shows_an_error(browser: WebDriver, own_dalston_server: DalstonServer) -> None:
     server = own_dalston_server
     open_page(browser, server)
     browser.find_element(By.ID, "start").click()
     wait_for(browser, server, "the session to begin",
              lambda d: d.find_element(By.ID, "status").get_attribute("data-state") == "listening")
-    server.stop()
+    server.process.kill()  # SIGKILL: no drain, the connection just breaks
+    server.process.wait()
     wait_for(browser, server, "the error to show", lambda d: d.find_element(By.ID, "error").is_displayed())
     assert browser.find_element(By.ID, "status").get_attribute("data-state") != "ended"
+    assert browser.find_element(By.ID, "start").is_enabled()
+
+
+def test_a_server_told_to_stop_mid_session_ends_the_session_with_its_transcript(
+    browser: WebDriver, own_dalston_server: DalstonServer
+) -> None:
+    server = own_dalston_server
+    open_page(browser, server)
+    browser.find_element(By.ID, "start").click()
+    wait_for(browser, server, "the session to begin",
+             lambda d: d.find_element(By.ID, "status").get_attribute("data-state") == "listening")
+    server.stop()  # SIGTERM: the gateway drains, ending the session as the client's `end` would
+    wait_for(browser, server, "the session to end", lambda d: d.find_element(By.ID, "status")
+             .get_attribute("data-state") == "ended")
     assert browser.find_element(By.ID, "start").is_enabled()
