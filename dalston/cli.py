@@ -9,6 +9,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from dalston.actors.protocol import ENCODINGS
 from dalston.config import Config, ConfigError, load_config
 from dalston.logs import configure_logging
 
@@ -52,6 +53,14 @@ def _parser() -> argparse.ArgumentParser:
     stream.add_argument("--language", default="auto")
     stream.add_argument("--word-timestamps", action="store_true")
     stream.add_argument("--api-key")
+    stream.add_argument("--encoding", default="pcm_s16le", choices=ENCODINGS,
+                        help="what to send: the WAV is transcoded (G.711 at 8 kHz unless --sample-rate says)")
+    stream.add_argument("--sample-rate", type=int, help="resample the WAV to this rate before sending")
+    stream.add_argument("--channels", type=int, default=1, choices=range(1, 9),
+                        help="send this many channels of the WAV, each transcribed on its own (1: a mono mix)")
+    stream.add_argument("--keyterms", help="comma-separated names and terms the model should expect")
+    stream.add_argument("--prompt", help="free text that steers the model (context, spelling)")
+    stream.add_argument("--min-silence-ms", type=int, help="endpointing: the silence that ends an utterance")
     return parser
 
 

@@ -10,8 +10,10 @@ import time
 from typing import Any
 
 import aiohttp
+import numpy as np
+import soxr
 
-from dalston.actors.audio import read_wav
+from dalston.actors.audio import read_wav_channels
 from dalston.config import Config
 from dalston.web.client import StreamClient
 
@@ -32,9 +34,17 @@ async def run_server(command: str, config: Config) -> int:
 
 
 async def stream(args: argparse.Namespace) -> int:
-    samples, rate = read_wav(args.file)
+    try:
+        samples, rate = _client_audio(args)
+    except ValueError as error:
+        print(f"dalston: {error}", file=sys.stderr)
+        return 2
     params: dict[str, Any] = {"sample_rate": rate, "model": args.model, "language": args.language,
-                              "word_timestamps": args.word_timestamps}
+                              "word_timestamps": args.word_timestamps, "encoding": args.encoding,
+                              "channels": args.channels}
+    for name in ("keyterms", "prompt", "min_silence_ms"):
+        if getattr(args, name) is not None:
+            params[name] = getattr(args, name)
     printer = _JsonPrinter() if args.json else _LivePrinter()
     try:
         async with StreamClient(args.url, api_key=args.api_key, **params) as client:
@@ -47,6 +57,21 @@ async def stream(args: argparse.Namespace) -> int:
         print(f"dalston: cannot stream to {args.url}: {error}", file=sys.stderr)
         return 1
     return printer.finish()
+
+
+def _client_audio(args: argparse.Namespace) -> tuple[np.ndarray, int]:
+    """The WAV as the client will send it: `--channels` of it (a mono mix for 1), and for G.711 at 8 kHz as a
+    phone line carries it (transcoded here, so a WAV file makes a realistic telephony test)."""
+    samples, rate = read_wav_channels(args.file)
+    if args.channels == 1:
+        samples = samples.mean(axis=1, keepdims=True).astype(np.int16)
+    elif samples.shape[1] != args.channels:
+        raise ValueError(f"{args.file} has {samples.shape[1]} channel(s); --channels {args.channels} needs as many")
+    target = args.sample_rate or (8000 if args.encoding in ("pcm_mulaw", "pcm_alaw") else rate)
+    if target != rate:
+        audio = soxr.resample(samples.astype(np.float32) / 32768.0, rate, target, quality="HQ")
+        samples = np.clip(np.round(audio * 32768.0), -32768, 32767).astype(np.int16).reshape(-1, args.channels)
+    return (samples[:, 0] if args.channels == 1 else samples), target
 
 
 class _JsonPrinter:
@@ -79,7 +104,8 @@ class _LivePrinter:
             self._partial_shown = True
         elif kind == "transcript.final":
             self._clear()
-            print(f"[{event['start']:7.2f} - {event['end']:7.2f}] {event['text']}")
+            channel = f" ch{event['channel']}" if "channel" in event else ""
+            print(f"[{event['start']:7.2f} - {event['end']:7.2f}{channel}] {event['text']}")
         elif kind == "session.end":
             self._clear()
             print(f"\nTranscript ({event['total_duration']:.1f} s of audio):\n{event['transcript']}")

@@ -190,16 +190,20 @@ class PcmDecoder:
 
 def read_wav(path: str | Path) -> tuple[np.ndarray, int]:
     """Read a 16-bit PCM WAV (mono, or stereo downmixed by averaging) -> (int16 samples, sample rate)."""
+    samples, rate = read_wav_channels(path)
+    if samples.shape[1] > 2:
+        raise ValueError(f"{path}: expected mono or stereo, got {samples.shape[1]} channels")
+    if samples.shape[1] == 2:
+        # Floor division keeps the mean inside int16 range; the half-LSB bias is inaudible.
+        return (samples.astype(np.int32).sum(axis=1) // 2).astype(np.int16), rate
+    return samples[:, 0].copy(), rate
+
+
+def read_wav_channels(path: str | Path) -> tuple[np.ndarray, int]:
+    """Read a 16-bit PCM WAV keeping its channels -> (int16 samples of shape (n, channels), sample rate)."""
     with wave.open(str(path), "rb") as wav:
         channels, width, rate = wav.getnchannels(), wav.getsampwidth(), wav.getframerate()
         frames = wav.readframes(wav.getnframes())
     if width != 2:
         raise ValueError(f"{path}: expected 16-bit PCM, got {8 * width}-bit")
-    if channels not in (1, 2):
-        raise ValueError(f"{path}: expected mono or stereo, got {channels} channels")
-    samples = np.frombuffer(frames, dtype="<i2")
-    if channels == 2:
-        pairs = samples.reshape(-1, 2).astype(np.int32)
-        # Floor division keeps the mean inside int16 range; the half-LSB bias is inaudible.
-        samples = (pairs.sum(axis=1) // 2).astype(np.int16)
-    return samples.astype(np.int16), rate
+    return np.frombuffer(frames, dtype="<i2").reshape(-1, channels).astype(np.int16), rate

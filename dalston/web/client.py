@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 import ssl
 import subprocess
@@ -21,6 +22,8 @@ from urllib.parse import urlencode
 import aiohttp
 import numpy as np
 
+from dalston.actors.g711 import encode_alaw, encode_mulaw
+
 DEFAULT_URL = "ws://127.0.0.1:8000/v1/audio/transcriptions/stream"
 
 
@@ -30,6 +33,7 @@ class StreamClient:
         query = {k: str(v).lower() if isinstance(v, bool) else str(v) for k, v in params.items()}
         self.url = f"{url}?{urlencode(query)}" if query else url
         self.sample_rate = int(params.get("sample_rate", 16000))
+        self.encoding = str(params.get("encoding", "pcm_s16le"))
         self._headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self._tls = tls  # for wss:// with a certificate the system does not trust (a private CA)
         self._http: aiohttp.ClientSession | None = None
@@ -64,7 +68,12 @@ class StreamClient:
 
     async def send_pcm(self, samples: np.ndarray, *, speed: float = 1.0, chunk_ms: int = 100,
                        end: bool = True) -> None:
-        """Send int16 samples in `chunk_ms` chunks at `speed` x real time (0 = as fast as possible)."""
+        """Send int16 samples (shape (n,) or (n, channels)) in `chunk_ms` chunks at `speed` x real time
+        (0 = as fast as possible), encoded as the stream's `encoding` asks (Opus: whole file, then paced)."""
+        if self.encoding in ("ogg_opus", "webm_opus"):
+            data = encode_samples(samples, self.sample_rate, self.encoding)
+            await self._send_paced(data, len(samples) / self.sample_rate, speed=speed, chunk_ms=chunk_ms, end=end)
+            return
         chunk = max(1, self.sample_rate * chunk_ms // 1000)
         started = time.monotonic()
         for offset in range(0, len(samples), chunk):
@@ -73,10 +82,31 @@ class StreamClient:
                 await asyncio.sleep(max(0.0, due - time.monotonic()))
             if self.ws.closed:
                 return
-            await self.send_audio(samples[offset:offset + chunk].astype("<i2").tobytes())
+            await self.send_audio(encode_samples(samples[offset:offset + chunk], self.sample_rate, self.encoding))
             self.sent_at.append((time.monotonic(), min(len(samples), offset + chunk)))
         if end and not self.ws.closed:
             await self.end()
+
+    async def _send_paced(self, data: bytes, duration_s: float, *, speed: float, chunk_ms: int, end: bool) -> None:
+        """A container stream cut into byte chunks, each sent when the audio it holds (roughly) is due."""
+        chunk = max(1, int(len(data) * chunk_ms / 1000 / max(duration_s, 1e-3)))
+        started = time.monotonic()
+        for offset in range(0, len(data), chunk):
+            if speed > 0:
+                due = started + offset / len(data) * duration_s / speed
+                await asyncio.sleep(max(0.0, due - time.monotonic()))
+            if self.ws.closed:
+                return
+            await self.send_audio(data[offset:offset + chunk])
+        if end and not self.ws.closed:
+            await self.end()
+
+    async def keepalive(self) -> None:
+        await self.ws.send_str(json.dumps({"type": "keepalive"}))
+
+    async def configure(self, **fields: Any) -> None:
+        """Change keyterms, prompt or endpointing mid-stream; the session answers `session.configured`."""
+        await self.ws.send_str(json.dumps({"type": "configure", **fields}))
 
     async def flush(self) -> None:
         await self.ws.send_str(json.dumps({"type": "flush"}))
@@ -92,6 +122,36 @@ class StreamClient:
             elif msg.type is aiohttp.WSMsgType.ERROR:
                 break
         self.close_code = self.ws.close_code
+
+
+def encode_samples(samples: np.ndarray, sample_rate: int, encoding: str) -> bytes:
+    """int16 samples, shape (n,) or (n, channels) -> what a client of `encoding` sends (interleaved).
+
+    G.711 is coded here; Opus goes through PyAV's libopus encoder into an Ogg or WebM stream (a whole file)."""
+    pcm = np.ascontiguousarray(samples, dtype="<i2")
+    if encoding == "pcm_s16le":
+        return pcm.tobytes()
+    if encoding == "pcm_f32le":
+        return (pcm.astype("<f4") / 32768.0).tobytes()
+    if encoding in ("pcm_mulaw", "pcm_alaw"):
+        return encode_mulaw(pcm) if encoding == "pcm_mulaw" else encode_alaw(pcm)
+    if encoding in ("ogg_opus", "webm_opus"):
+        return _encode_opus(pcm.reshape(len(pcm), -1), sample_rate, "ogg" if encoding == "ogg_opus" else "webm")
+    raise ValueError(f"cannot encode {encoding!r}")
+
+
+def _encode_opus(pcm: np.ndarray, sample_rate: int, container: str) -> bytes:
+    import av  # installed with faster-whisper; imported only by clients that send Opus
+
+    buffer = io.BytesIO()
+    with av.open(buffer, "w", format=container) as output:
+        stream = output.add_stream("libopus", rate=48000)
+        stream.layout = {1: "mono", 2: "stereo"}.get(pcm.shape[1], f"{pcm.shape[1]}c")
+        frame = av.AudioFrame.from_ndarray(pcm.reshape(1, -1), format="s16", layout=stream.layout.name)
+        frame.sample_rate, frame.pts = sample_rate, 0
+        for packet in [*stream.encode(frame), *stream.encode(None)]:
+            output.mux(packet)
+    return buffer.getvalue()
 
 
 async def transcribe_file(url: str, samples: np.ndarray, *, speed: float = 1.0, chunk_ms: int = 100,
