@@ -24,7 +24,7 @@ from dalston.actors.runtime import (
     root_actors,
     spawn,
 )
-from dalston.supervisor.spec import ChildSpec, Restart, worker_spec
+from dalston.supervisor.spec import BRUTAL_KILL, INFINITY, ChildSpec, Restart, worker_spec
 from dalston.supervisor.supervisor import start_supervisor, supervisor_spec
 
 HANG_S = 10 * KILL_WAIT_S  # a wait this long means the bounded operation did not return
@@ -382,3 +382,33 @@ async def test_dynamic_children_run_their_on_stop_concurrently() -> None:
         await sup.start_child(worker_spec(f"s{i}", Cleanup, restart=Restart.TEMPORARY))
     await sup.stop()
     assert peak == 30
+
+
+# -- shutdown kinds in a child spec ---------------------------------------------------------------------------
+
+
+class SlowCleanup(Actor):
+    def __init__(self, cleaned: list[str]) -> None:
+        self.cleaned = cleaned
+
+    async def receive(self, message: Any) -> None:
+        return None
+
+    async def on_stop(self, reason: ExitReason) -> None:
+        await asyncio.sleep(0.3)
+        self.cleaned.append("done")
+
+
+@pytest.mark.parametrize(("shutdown_s", "reason", "cleaned"), [
+    (BRUTAL_KILL, ExitReason("killed"), []),  # on_stop never runs
+    (0.05, ExitReason("killed"), []),  # on_stop runs out of time and is cut off
+    (INFINITY, ExitReason("shutdown"), ["done"]),  # on_stop takes the time it needs
+])
+async def test_a_childs_shutdown_is_brutal_kill_a_bound_or_infinity(
+    shutdown_s: float, reason: ExitReason, cleaned: list[str]
+) -> None:
+    done: list[str] = []
+    sup = await start_supervisor([worker_spec("c", lambda: SlowCleanup(done), shutdown_s=shutdown_s)])
+    (child,) = await sup.which_children()
+    await sup.stop()
+    assert child.ref is not None and child.ref.exit_reason == reason and done == cleaned
