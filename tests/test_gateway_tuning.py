@@ -30,13 +30,17 @@ pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parent.parent
 SAMPLE = REPO / "dalston" / "data" / "sample.wav"
 SAMPLE_TEXT = (REPO / "dalston" / "data" / "sample.txt").read_text()
+IDLE_S = 3.0
+# RemoteSessionRef.tell (dalston/web/link.py, not this file) sends every control message but `end` to the
+# worker as {"type": "flush"}; it must send `message.to_json()` (every client message has one now).
+LINK_FORWARDS_ONLY_FLUSH_AND_END = "link.py forwards keepalive and configure as flush"
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DalstonProcess]:
     group = ProcessGroup(Path(tmp_path_factory.mktemp("serve")))
     env = {"DALSTON_SESSION_MIN_SILENCE_MS_MIN": "200", "DALSTON_SESSION_MIN_SILENCE_MS_MAX": "2000",
-           "DALSTON_NODE_MODELS": "fast"}
+           "DALSTON_SESSION_IDLE_TIMEOUT_S": str(IDLE_S), "DALSTON_NODE_MODELS": "fast"}
     try:
         process = group.start_serve(capacity=4, env=env)
         asyncio.run(group.wait_ready(process))
@@ -116,3 +120,26 @@ async def test_a_corrupt_ogg_page_ends_its_session_with_invalid_audio_and_a_neig
     assert of_type(done, "error") == []
     assert word_error_rate(SAMPLE_TEXT, done[-1]["transcript"]) <= 0.15
     assert server.running
+
+
+@pytest.mark.xfail(strict=True, reason=LINK_FORWARDS_ONLY_FLUSH_AND_END)
+async def test_keepalives_through_the_gateway_hold_a_silent_session_past_the_idle_timeout(
+    server: DalstonProcess,
+) -> None:
+    samples, _ = read_wav(SAMPLE)
+    async with StreamClient(server.stream_url) as stream:
+        for _ in range(int(2 * IDLE_S / 0.5)):
+            await stream.keepalive()
+            await asyncio.sleep(0.5)
+        events = await stream_to_end(stream, samples[: 16000 * 8], speed=0)
+    assert of_type(events, "error") == [], events
+    assert of_type(events, "transcript.final")
+
+
+@pytest.mark.xfail(strict=True, reason=LINK_FORWARDS_ONLY_FLUSH_AND_END)
+async def test_configure_through_the_gateway_is_answered_with_session_configured(server: DalstonProcess) -> None:
+    async with StreamClient(server.stream_url) as stream:
+        await stream.configure(keyterms=["Dalston"], min_silence_ms=900)
+        first = [await anext(aiter(stream.events())) for _ in range(2)]
+        await stream.end()
+    assert first[1]["type"] == "session.configured" and first[1]["keyterms"] == ["Dalston"]
