@@ -54,6 +54,12 @@ async def test_a_plain_url_still_connects_directly(redis_server: RedisServer) ->
         await connection.aclose()
 
 
+@pytest.mark.parametrize("url", ["redis://127.0.0.1:1/0", "redis+sentinel://127.0.0.1:1/svc"])
+def test_connections_never_resend_a_command_whose_reply_was_lost(url: str) -> None:
+    connection = connect(url)
+    assert connection.client.connection_pool.make_connection().retry.get_retries() == 0
+
+
 async def _wait_for(condition: Callable[[], object], what: str) -> None:
     deadline = time.monotonic() + WAIT_S
     while time.monotonic() < deadline:

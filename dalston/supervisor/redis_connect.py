@@ -13,7 +13,9 @@ from dataclasses import dataclass
 from urllib.parse import parse_qs, unquote
 
 import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel
+from redis.backoff import NoBackoff
 
 SENTINEL_SCHEME = "redis+sentinel"
 _SENTINEL_SOCKET_TIMEOUT_S = 1.0
@@ -79,6 +81,12 @@ class RedisConnection:
                 await sentinel_client.aclose()
 
 
+def _no_retry() -> Retry:
+    # Never re-send a command whose reply was lost: a script that ran would run twice (an acquire would then
+    # report its own session as taken). The registry's leases and the callers' retries handle lost replies.
+    return Retry(NoBackoff(), 0)
+
+
 def connect(url: str, *, socket_timeout_s: float | None = DEFAULT_SOCKET_TIMEOUT_S) -> RedisConnection:
     """A client (decode_responses=True) for `url`, plain or through Sentinel. Connects lazily.
 
@@ -87,7 +95,7 @@ def connect(url: str, *, socket_timeout_s: float | None = DEFAULT_SOCKET_TIMEOUT
     """
     if not url.startswith(SENTINEL_SCHEME + "://"):
         client = aioredis.Redis.from_url(url, decode_responses=True, socket_timeout=socket_timeout_s,
-                                         socket_connect_timeout=socket_timeout_s)
+                                         socket_connect_timeout=socket_timeout_s, retry=_no_retry())
         return RedisConnection(client)
     address = parse_sentinel_url(url)
     sentinel_kwargs: dict[str, object] = {"socket_timeout": _SENTINEL_SOCKET_TIMEOUT_S}
@@ -98,6 +106,7 @@ def connect(url: str, *, socket_timeout_s: float | None = DEFAULT_SOCKET_TIMEOUT
         sentinel_kwargs=sentinel_kwargs,
         socket_timeout=socket_timeout_s,
         socket_connect_timeout=socket_timeout_s,
+        retry=_no_retry(),
         decode_responses=True,
         username=address.username,
         password=address.password,
