@@ -131,8 +131,8 @@ async def test_a_session_that_never_sends_audio_times_out_too() -> None:
 async def test_a_session_past_its_maximum_length_times_out_and_ends() -> None:
     run = await start_session(FakeDecoder, limits=SessionLimits(max_duration_s=1.0, tick_s=0.05))
     try:
-        for chunk in fixed_chunks(SPEECH.pcm.tobytes(), 1600):  # 50 ms of audio each
-            await run.push([chunk], pause_s=0.01)
+        for chunk in fixed_chunks(SPEECH.pcm.tobytes(), 1600):  # 50 ms of audio each, in real time
+            await run.push([chunk], pause_s=0.05)
     except ActorDead:
         pass  # it ended while we were still sending
     await run.stopped(timeout_s=5)
@@ -143,7 +143,35 @@ async def test_a_session_past_its_maximum_length_times_out_and_ends() -> None:
     # Audio that kept coming while the session finished is refused, and only after the client heard why.
     assert codes[0] == "session_timeout" and set(codes[1:]) <= {"invalid_message"}
     assert run.events[-1].type == "session.end" and run.end.transcript == "some words were said"
-    assert 1.0 <= run.end.total_duration < SPEECH.duration_s
+    assert 0.5 <= run.end.total_duration < SPEECH.duration_s  # a second of wall time, of real-time audio
+
+
+async def test_a_trickle_of_tiny_frames_does_not_keep_an_idle_session_alive() -> None:
+    run = await start_session(FakeDecoder, limits=SessionLimits(idle_timeout_s=0.3, tick_s=0.05))
+    refused_while_trickling = False
+    try:
+        for _ in range(40):  # 2 bytes (one sample) every 50 ms: 2 s of holding on, no audio to speak of
+            await run.push([b"\x00\x00"], pause_s=0.05)
+    except ActorDead:
+        refused_while_trickling = True
+    await run.stopped(timeout_s=5)
+    await run.close()
+    codes = errors(run.events)
+    assert codes[:1] == ["session_timeout"]
+    assert refused_while_trickling or "invalid_message" in codes  # it timed out while the trickle went on
+
+
+async def test_the_maximum_length_is_wall_time_not_audio_time() -> None:
+    run = await start_session(FakeDecoder, limits=SessionLimits(max_duration_s=0.5, tick_s=0.05))
+    try:
+        for _ in range(40):  # 20 ms of audio every 50 ms: far less audio than wall time
+            await run.push([bytes(640)], pause_s=0.05)
+    except ActorDead:
+        pass
+    await run.stopped(timeout_s=5)
+    await run.close()
+    assert errors(run.events)[:1] == ["session_timeout"]
+    assert run.end.total_duration < 0.5  # it ended on the clock, with less than 0.5 s of audio
 
 
 async def test_a_transcriber_that_stops_mid_session_is_an_internal_error() -> None:

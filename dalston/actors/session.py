@@ -65,6 +65,9 @@ class _Tick:
     """The session's clock: idle timeout and maximum length are checked on it."""
 
 
+MIN_ACTIVITY_SAMPLES = SAMPLE_RATE // 50  # 20 ms: less audio in a frame does not count as activity
+
+
 @dataclass(frozen=True)
 class SessionLimits:
     max_frame_bytes: int = 131072
@@ -124,7 +127,7 @@ class SessionActor(Actor):
         self._next_request = 0
         self._ending = False
         self._ended = False
-        self._last_activity_at = time.monotonic()
+        self._last_activity_at = self._started_at = time.monotonic()
         self.last_error: ErrorOccurred | None = None
 
     def _new_channel(self, index: int, segmenter: SpeechSegmenter | None) -> Channel:
@@ -227,7 +230,8 @@ class SessionActor(Actor):
         except InvalidAudio as error:
             await self.fail(ErrorCode.INVALID_AUDIO, str(error))
             return
-        self._last_activity_at = time.monotonic()
+        if samples.shape[1] >= MIN_ACTIVITY_SAMPLES:  # a trickle of bytes does not keep a session alive
+            self._last_activity_at = time.monotonic()
         await self._push(samples)
 
     async def _push(self, samples: np.ndarray) -> None:
@@ -273,9 +277,8 @@ class SessionActor(Actor):
     async def _check_limits(self) -> None:
         if self._ending:
             return
-        audio_s = self._channels[0].segmenter.samples_seen / SAMPLE_RATE
         idle_s = time.monotonic() - self._last_activity_at
-        if audio_s >= self.limits.max_duration_s:
+        if time.monotonic() - self._started_at >= self.limits.max_duration_s:  # wall time: audio can trickle
             await self._timeout(f"the session reached its maximum length of {self.limits.max_duration_s:g} s")
         elif idle_s >= self.limits.idle_timeout_s:
             await self._timeout(f"no audio or keepalive for {self.limits.idle_timeout_s:g} s")
