@@ -268,14 +268,23 @@ class RedisRegistry(NodeRegistry):
         return _session_record(session_id, _text(raw))
 
     async def list_sessions(self, active_only: bool = True) -> list[SessionRecord]:
+        if active_only:
+            return await self._active_sessions()
         with _unavailable_on_connection_errors():
             now_ms = await self._now_ms()
             pipe = self._redis.pipeline(transaction=False)
             pipe.hgetall(self.key("sessions")).zrange(self.key("ended"), 0, -1, withscores=True)
             sessions, ended = await pipe.execute()
         gone = {_text(sid) for sid, expires_ms in ended if expires_ms <= now_ms}
-        records = [_session_record(sid, raw) for sid, raw in sorted(_texts(sessions).items()) if sid not in gone]
-        return [r for r in records if r.status is SessionStatus.ACTIVE or not active_only]
+        return [_session_record(sid, raw) for sid, raw in sorted(_texts(sessions).items()) if sid not in gone]
+
+    async def _active_sessions(self) -> list[SessionRecord]:
+        # From the leases (active sessions only): the ended records of the last hour are not read.
+        with _unavailable_on_connection_errors():
+            ids = sorted(_text(sid) for sid in await self._redis.zrange(self.key("leases"), 0, -1))
+            raws = await self._redis.hmget(self.key("sessions"), ids) if ids else []
+        records = [_session_record(sid, _text(raw)) for sid, raw in zip(ids, raws, strict=True) if raw is not None]
+        return [r for r in records if r.status is SessionStatus.ACTIVE]  # one may have ended in between
 
     async def free_slots(self, model: str) -> dict[str, int]:
         with _unavailable_on_connection_errors():
