@@ -230,6 +230,31 @@ async def test_a_release_lost_while_redis_was_down_is_reconciled_when_it_returns
         await registry.close()
 
 
+async def test_a_worker_paused_past_its_liveness_is_reaped_by_the_running_reaper_then_resumes_counted(
+    redis_client: aioredis.Redis, redis_prefix: str
+) -> None:
+    registry = RedisRegistry(redis_client, prefix=redis_prefix, check_keys=True)
+    reaper = Reaper(registry, interval_s=0.05)
+    await registry.register(worker("a", 2), liveness_ttl_s=0.2)
+    await registry.acquire(session("s1"))
+    reaper.start()
+    try:
+        for _ in range(200):  # the worker is paused: no heartbeat; Redis's clock lets its liveness lapse
+            if reaper.statistics().workers_reaped:
+                break
+            await asyncio.sleep(0.02)
+        assert reaper.statistics().workers_reaped == 1
+        assert await registry.list_workers() == []
+        assert await registry.heartbeat("a", LIVENESS_TTL_S, ["s1"]) is False  # it wakes up, forgotten
+        await registry.register(worker("a", 2), LIVENESS_TTL_S, live_sessions=["s1"])
+        assert await counts(registry) == {"a": 1}
+        assert await registry.acquire(session("s2")) is not None
+        assert await registry.acquire(session("s3")) is None
+        assert reaper.statistics().workers_reaped == 1  # alive again: not reaped a second time
+    finally:
+        await reaper.stop()
+
+
 async def test_after_an_empty_redis_restart_workers_register_again_with_their_sessions(
     tmp_path: Path, start_redis_servers: Callable[..., RedisServer]
 ) -> None:
