@@ -1,4 +1,5 @@
-"""PcmDecoder (s16le; other encodings in test_encodings.py): decoding, resampling to 16 kHz, odd bytes, limits, and chunking invariance; read_wav."""
+"""PcmDecoder (s16le; other encodings in test_encodings.py): decoding, resampling to 16 kHz, odd bytes, limits,
+and chunking invariance; read_wav."""
 
 from __future__ import annotations
 
