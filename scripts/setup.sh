@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Creates .venv with every pinned dependency. Idempotent: a second run only checks.
 # Usage: scripts/setup.sh [--for-tests]   (--for-tests also installs Debian's redis-server, chromium,
-#                                          chromium-driver and flite, which the end-to-end and browser tests use, and
+#                                          chromium-driver, flite and espeak-ng, which the end-to-end and browser tests use, and
 #                                          the pinned `torch` extra from requirements-torch.lock)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -12,6 +12,7 @@ if [[ "${1:-}" == "--for-tests" ]]; then
     [[ -x /usr/bin/chromium ]] || missing+=(chromium)
     [[ -x /usr/bin/chromedriver ]] || missing+=(chromium-driver)
     command -v flite >/dev/null || missing+=(flite)   # synthetic speech: vocabulary, channel, endpointing tests
+    command -v espeak-ng >/dev/null || missing+=(espeak-ng)  # Spanish speech: language per utterance test
     command -v openssl >/dev/null || missing+=(openssl)  # the TLS tests make their certificate with it
     if (( ${#missing[@]} )); then
         if [[ $(id -u) -eq 0 ]]; then SUDO=""; else SUDO="sudo"; fi
