@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 import redis.asyncio as aioredis
+import redis.exceptions
 from registry_harness import LIVENESS_TTL_S, Harness, assert_consistent
 
 from dalston.supervisor.reaper import Reaper
@@ -205,6 +206,39 @@ async def test_models_lists_every_model_ever_registered_and_those_a_live_ready_w
 
 
 # -- Redis only: faults of Redis itself, and the cost of listing models -----------------------------------------
+
+
+class ReplyLosingRedis(aioredis.Redis):
+    """A client at the Redis boundary whose next script call runs in Redis but whose reply never arrives."""
+
+    lose_next_script_reply = False
+
+    async def execute_command(self, *args: object, **options: object) -> object:
+        reply = await super().execute_command(*args, **options)
+        if self.lose_next_script_reply and str(args[0]).upper() in ("EVALSHA", "EVAL"):
+            self.lose_next_script_reply = False
+            raise redis.exceptions.ConnectionError("connection reset before the reply was read")
+        return reply
+
+
+async def test_an_acquire_whose_reply_was_lost_in_transit_is_reconciled_within_one_lease_ttl(
+    redis_server: RedisServer, redis_prefix: str
+) -> None:
+    client = ReplyLosingRedis.from_url(redis_server.url, decode_responses=True)
+    registry = RedisRegistry(client, prefix=redis_prefix, lease_ttl_s=LEASE_TTL_S, owns_client=True)
+    try:
+        await registry.register(worker("a", 1), LIVENESS_TTL_S)
+        client.lose_next_script_reply = True
+        with pytest.raises(RegistryUnavailable):
+            await registry.acquire(session("lost"))
+        assert await counts(registry) == {"a": 1}  # Redis ran it: the slot is taken, nobody knows by whom
+        assert await registry.acquire(session("next")) is None
+        await asyncio.sleep(LEASE_TTL_S + 0.05)
+        assert await registry.heartbeat("a", LIVENESS_TTL_S, [])  # the worker never saw "lost"
+        assert await counts(registry) == {"a": 0}
+        assert await registry.acquire(session("next")) is not None
+    finally:
+        await registry.close()
 
 
 async def test_a_release_lost_while_redis_was_down_is_reconciled_when_it_returns(
