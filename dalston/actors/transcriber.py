@@ -226,8 +226,10 @@ class TranscriberActor(Actor):
                     continue
                 answer = Decoded(request.session_id, request.utterance_id, request.request_id, request.final,
                                  result, error, started - request.submitted_at, finished - started)
+                # Never waits: a session that cannot keep up (its client stopped reading) must not hold an
+                # inference slot. Unbounded is safe: a session has at most a few decodes outstanding.
                 with contextlib.suppress(ActorDead):  # the session may have ended while its decode ran
-                    await request.reply_to.tell(answer)
+                    request.reply_to.tell_unbounded(answer)
         finally:
             self._running.discard(asyncio.current_task())  # type: ignore[arg-type]
             if not batch[0].final:
