@@ -12,6 +12,7 @@ const ui = {
   stop: document.getElementById("stop"),
   model: document.getElementById("model"),
   apiKey: document.getElementById("api-key"),
+  keyterms: document.getElementById("keyterms"),
   status: document.getElementById("status"),
   error: document.getElementById("error"),
   finals: document.getElementById("finals"),
@@ -85,6 +86,8 @@ function streamUrl() {
     interim_results: "true",
     model: ui.model.value,
   });
+  const keyterms = ui.keyterms.value.trim();
+  if (keyterms) query.set("keyterms", keyterms); // names the model should expect: spelt as typed
   const key = ui.apiKey.value.trim();
   if (key) query.set("api_key", key);
   return `${scheme}//${location.host}${STREAM_PATH}?${query}`;
