@@ -19,6 +19,7 @@ from dalston.web.client import StreamClient
 
 
 async def run_server(command: str, config: Config) -> int:
+    from dalston.supervisor.registry import WorkerIdTaken
     from dalston.web.server import NodeFailed, UnsafeBind, run_gateway, run_worker, serve
 
     runner = {"serve": serve, "gateway": run_gateway, "worker": run_worker}[command]
@@ -30,6 +31,9 @@ async def run_server(command: str, config: Config) -> int:
     except NodeFailed as error:  # non-zero, so that systemd or Kubernetes restarts the process
         print(f"dalston: {error}", file=sys.stderr)
         return 1
+    except WorkerIdTaken as error:
+        print(f"dalston: {error}; give this worker another --worker-id", file=sys.stderr)
+        return 2
     return 0
 
 

@@ -160,3 +160,16 @@ async def test_readiness_goes_503_first_and_new_clients_are_turned_away_while_a_
         async with StreamClient(serve.stream_url) as late:
             event = await next_event(late)
             assert event is not None and event["type"] == "error" and event["code"] == "no_capacity"
+
+
+async def test_a_second_worker_with_a_live_workers_id_refuses_to_start_and_leaves_the_first_alone(
+    dalston_processes: ProcessGroup, cluster_registry: RedisRegistry,
+) -> None:
+    first = dalston_processes.start_worker("twin", capacity=2)
+    await dalston_processes.wait_ready(first)
+    before = {w.worker_id: w.endpoint for w in await cluster_registry.list_workers()}
+    second = dalston_processes.start_worker("twin", capacity=2)
+    assert await second.wait_exit(timeout_s=120) == 2
+    assert "another --worker-id" in second.log_path.read_text()
+    assert {w.worker_id: w.endpoint for w in await cluster_registry.list_workers()} == before  # untouched
+    assert first.running

@@ -7,7 +7,10 @@ A real gateway app on loopback, a real redis-server, 10 and then 1,000 registere
 from __future__ import annotations
 
 import asyncio
+import socket
 
+import aiohttp
+import pytest
 import redis.asyncio as aioredis
 from cluster_fixtures import next_event
 from redis_server import RedisServer
@@ -53,3 +56,45 @@ async def test_the_redis_work_of_fifty_clients_arriving_together_does_not_grow_w
     # Reading every worker's record per model-list refresh (the old way) made it 1,000+ commands per client.
     assert with_a_thousand <= with_ten + 10, (with_ten, with_a_thousand)
     assert with_ten <= 10 * CLIENTS, with_ten
+
+
+async def test_clients_get_no_capacity_not_unsupported_model_once_every_worker_is_reaped(
+    redis_server: RedisServer, redis_prefix: str
+) -> None:
+    registry = RedisRegistry.from_url(redis_server.url, prefix=redis_prefix)
+    await registry.register(WorkerInfo("w1", "ws://127.0.0.1:9", 2, ("fast",)), 0.2)
+    runner, port = await start_site(create_gateway_app(load_config(environ={}), registry), "127.0.0.1", 0)
+    try:
+        await asyncio.sleep(0.4)  # its liveness lapses...
+        assert await registry.reap() == ["w1"]  # ...and it is reaped: no worker is left
+        async with StreamClient(f"ws://127.0.0.1:{port}{STREAM_PATH}") as stream:
+            event = await next_event(stream)
+        assert event is not None and event["code"] == "no_capacity"  # try again later, not "never"
+    finally:
+        await runner.cleanup()
+        await registry.close()
+
+
+async def test_connections_past_the_cap_are_turned_away_with_503(
+    redis_server: RedisServer, redis_prefix: str
+) -> None:
+    hung = socket.socket()  # a worker that accepts and never answers: clients wait in placement
+    hung.bind(("127.0.0.1", 0))
+    hung.listen(8)
+    registry = RedisRegistry.from_url(redis_server.url, prefix=redis_prefix)
+    await registry.register(WorkerInfo("hung", f"ws://127.0.0.1:{hung.getsockname()[1]}", 8, ("fast",)), 60.0)
+    config = load_config(environ={}).replace("server", max_connections=2, spawn_timeout_s=3.0, placement_deadline_s=3.0)
+    runner, port = await start_site(create_gateway_app(config, registry), "127.0.0.1", 0)
+    url = f"ws://127.0.0.1:{port}{STREAM_PATH}"
+    waiting = [StreamClient(url), StreamClient(url)]
+    try:
+        await asyncio.gather(*(s.__aenter__() for s in waiting))
+        with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
+            async with StreamClient(url):
+                pass
+        assert refused.value.status == 503
+    finally:
+        await asyncio.gather(*(s.__aexit__(None, None, None) for s in waiting), return_exceptions=True)
+        await runner.cleanup()
+        await registry.close()
+        hung.close()
