@@ -16,9 +16,11 @@ import pytest
 from cluster_fixtures import ProcessGroup, load_clip, next_event, of_type, poll_until
 from redis_server import free_port
 
+from dalston.config import NodeConfig
 from dalston.supervisor.redis_registry import RedisRegistry
 from dalston.supervisor.registry import SessionInfo, WorkerInfo
 from dalston.web.client import StreamClient
+from dalston.web.introspection import link_headers
 
 pytestmark = pytest.mark.slow
 
@@ -115,6 +117,13 @@ async def test_a_slot_reserved_by_a_gateway_killed_before_its_spawn_comes_back_w
         return await active_sessions(cluster_registry, "w1") == 0
 
     await poll_until(freed, "the unconfirmed reservation expired", timeout_s=2 + 3)  # lease + heartbeats
+
+    async def worker_runs_nothing() -> bool:  # a spawn that arrived after its gateway died was stopped at once
+        async with aiohttp.ClientSession(headers=link_headers(NodeConfig.link_token)) as http, \
+                http.get(worker.http_url + "/healthz") as response:
+            return (await response.json())["active_sessions"] == 0
+
+    await poll_until(worker_runs_nothing, "the worker runs no session for the dead gateway", timeout_s=10)
 
 
 async def test_a_gateway_told_to_stop_finishes_the_utterance_in_flight_and_sends_session_end(
