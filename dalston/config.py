@@ -40,6 +40,11 @@ class ServerConfig:
     tls_cert_file: str = ""
     tls_key_file: str = ""
     link_ca_file: str = ""
+    # Failover (a session moved to another worker when its worker is lost or drains).
+    failover_deadline_s: float = 10.0  # how long a moving session may wait for a new worker before worker_lost
+    link_heartbeat_s: float = 4.0  # pings on a worker link; no pong within half of it: the worker is lost (hung)
+    replay_cap_bytes: int = 4194304  # per session: the most client audio kept for a replay
+    replay_pad_s: float = 10.0  # kept beyond vad.max_segment_s: the final in flight and the time to place again
 
 
 @dataclass(frozen=True)

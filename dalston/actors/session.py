@@ -40,6 +40,7 @@ from dalston.actors.protocol import (
     check_endpointing,
     check_vocabulary,
 )
+from dalston.actors.resume import ResumedSession, ResumeRecord
 from dalston.actors.runtime import NORMAL, Actor, ActorDead, ActorRef, Down, ExitReason
 from dalston.actors.silero import SpeechSegmenter
 from dalston.actors.transcriber import CancelSession, Decoded
@@ -103,12 +104,15 @@ class SessionActor(Actor):
         limits: SessionLimits | None = None,
         model_language: str | None = None,
         find_transcriber: TranscriberLookup | None = None,
+        resume: ResumeRecord | None = None,
     ) -> None:
         self.session_id = session_id
         self.params = params
         self.limits = limits or SessionLimits()
         self._transcriber = transcriber
         self._find_transcriber = find_transcriber
+        # A call taken over from another worker: times in the call's session time, no final sent twice.
+        self._resumed = ResumedSession(resume) if resume is not None else None
         self._sink = sink
         self._fixed_language = params.language if params.language != "auto" else model_language
         self._detected_language: str | None = None
@@ -345,6 +349,11 @@ class SessionActor(Actor):
             await self._transcriber.tell(message)
 
     async def emit(self, event: ServerEvent) -> None:
+        if self._resumed is not None:
+            rewritten = self._resumed.rewrite(event)
+            if rewritten is None:
+                return  # a final of the replay the client already has
+            event = rewritten
         await self._sink(event)
 
     def statistics_extra(self) -> dict[str, Any]:

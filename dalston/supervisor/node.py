@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import os
 import secrets
 import socket
@@ -26,6 +27,7 @@ import structlog
 from dalston.actors.cancellation import cancel_and_wait
 from dalston.actors.models import ModelCatalogue
 from dalston.actors.protocol import End, ErrorCode, StreamParams
+from dalston.actors.resume import ResumeRecord
 from dalston.actors.runtime import ActorDead, ActorRef, ExitReason, spawn
 from dalston.actors.session import EventSink, SessionActor
 from dalston.actors.speech import decoder_factory, new_segmenter, session_limits
@@ -106,6 +108,10 @@ class WorkerNode:
         self._live_sessions: set[str] = set()  # carried by every heartbeat: the leases to renew
         self.failure: ExitReason | None = None  # why the node failed (its root supervisor exited, its id taken)
         self._failed = asyncio.Event()
+        # Set when a drain begins: each session's link hands it back to its gateway at its next pause, or at
+        # `hand_back_by` (monotonic) at the latest; the gateway moves it to another worker.
+        self.handing_back = asyncio.Event()
+        self.hand_back_by = math.inf
         self._started_at = time.monotonic()
         self._log = log.bind(worker_id=self.worker_id)
 
@@ -150,15 +156,25 @@ class WorkerNode:
         return ChildSpec(f"transcriber:{alias}", start, Restart.PERMANENT, shutdown_s=10.0)
 
     async def drain(self, timeout_s: float | None = None) -> None:
-        """Take no new sessions, let running ones finish (bounded), then deregister and stop the tree."""
+        """Take no new sessions, hand running ones back to their gateways (each at its next pause, all within
+        `timeout_s`), then deregister and stop the tree. A session no gateway took back in time is ended."""
+        timeout_s = self.config.node.drain_timeout_s if timeout_s is None else timeout_s
+        await self.begin_drain(timeout_s)
+        # The gateways need a moment past the deadline to place the last sessions elsewhere and close the links.
+        if not await self._wait_for_no_sessions(timeout_s + self.config.server.placement_deadline_s):
+            await self._end_running_sessions()
+        await self.stop()
+
+    async def begin_drain(self, timeout_s: float | None = None) -> None:
+        """Stop taking sessions and start handing the running ones back (`dalston drain`; SIGTERM adds the stop)."""
         timeout_s = self.config.node.drain_timeout_s if timeout_s is None else timeout_s
         self.status = WorkerStatus.DRAINING
         with contextlib.suppress(RegistryUnavailable):
             await self.registry.set_status(self.worker_id, WorkerStatus.DRAINING)
+        if not self.handing_back.is_set():
+            self.hand_back_by = time.monotonic() + timeout_s
+            self.handing_back.set()
         self._log.info("node.draining", active_sessions=await self.active_sessions(), timeout_s=timeout_s)
-        if not await self._wait_for_no_sessions(timeout_s):
-            await self._end_running_sessions()
-        await self.stop()
 
     async def _wait_for_no_sessions(self, timeout_s: float) -> bool:
         deadline = time.monotonic() + timeout_s
@@ -253,7 +269,8 @@ class WorkerNode:
     # -- sessions -----------------------------------------------------------------------------------------
 
     async def start_session(
-        self, session_id: str, params: StreamParams, sink: EventSink, client_ip: str = ""
+        self, session_id: str, params: StreamParams, sink: EventSink, client_ip: str = "",
+        resume: ResumeRecord | None = None,
     ) -> ActorRef:
         """Spawn a session actor as a temporary child of the sessions supervisor; `SpawnRefused` if not."""
         if self.failure is not None:
@@ -268,7 +285,7 @@ class WorkerNode:
             raise SpawnRefused(ErrorCode.UNSUPPORTED_MODEL,
                                f"model {params.model!r} only transcribes language {language!r}")
         transcriber = await self._child(f"transcriber:{params.model}")
-        spec = self._session_spec(session_id, params, sink, transcriber, language)
+        spec = self._session_spec(session_id, params, sink, transcriber, language, resume)
         try:
             ref = await SupervisorHandle(await self._child(SESSIONS_ID)).start_child(spec)
         except CapacityReached:
@@ -290,12 +307,16 @@ class WorkerNode:
 
     async def _release(self, session_id: str) -> None:
         try:
+            # A session moved to another worker (failover, drain) keeps its id there: never end that record.
+            record = await self.registry.get_session(session_id)
+            if record is not None and record.worker_id != self.worker_id:
+                return
             await self.registry.release(session_id)
         except RegistryUnavailable as error:
             self._log.warning("node.release_failed", session_id=session_id, error=str(error))
 
     def _session_spec(self, session_id: str, params: StreamParams, sink: EventSink, transcriber: ActorRef,
-                      language: str | None) -> ChildSpec:
+                      language: str | None, resume: ResumeRecord | None = None) -> ChildSpec:
         config = self.config
 
         async def find_transcriber() -> ActorRef | None:
@@ -306,7 +327,7 @@ class WorkerNode:
         async def start(restarts: int) -> ActorRef:
             actor = SessionActor(session_id, params, transcriber=transcriber, segmenter=new_segmenter(config.vad),
                                  sink=sink, limits=session_limits(config.session), model_language=language,
-                                 find_transcriber=find_transcriber)
+                                 find_transcriber=find_transcriber, resume=resume)
             return await spawn(actor, f"session:{session_id}", mailbox_size=config.session.mailbox_size,
                                restarts=restarts)
 

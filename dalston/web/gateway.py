@@ -1,14 +1,17 @@
 """The client endpoint (DESIGN §7): validate, place the session on a worker, relay both ways, release.
 
-The gateway keeps no state beyond its open sockets, so any number of gateways can stand behind one balancer.
-Relay: client audio and control messages go to the remote session over the link (awaiting each send, so a
-slow worker pushes back on the client through TCP); the session's events come back unchanged.
+The gateway keeps no state beyond its open sockets and each session's replay buffer, so any number of gateways
+can stand behind one balancer. Each call is relayed by a `GatewaySession` actor (gateway_session.py), a temporary
+child of the gateway's sessions supervisor: client audio and control messages go to the remote session over the
+link (awaiting each send, so a slow worker pushes back on the client through TCP); the session's events come
+back unchanged; a lost or draining worker's session is moved to another worker with a replay.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import secrets
 import ssl
 import time
@@ -17,36 +20,40 @@ from dataclasses import dataclass, field
 
 import aiohttp
 import structlog
-from aiohttp import WSMsgType, web
+from aiohttp import web
 
-from dalston.actors.cancellation import cancel_and_wait
 from dalston.actors.protocol import (
     End,
     ErrorCode,
     ProtocolError,
     StreamParams,
-    parse_client_message,
     parse_stream_params,
 )
-from dalston.actors.runtime import ActorDead
-from dalston.actors.session import PushAudio
+from dalston.actors.resume import ResumeRecord
+from dalston.actors.runtime import ActorDead, ActorRef, spawn
 from dalston.actors.speech import session_bounds
 from dalston.config import Config
 from dalston.logs import bind_context
-from dalston.supervisor.registry import Allocation, NodeRegistry, RegistryUnavailable, SessionInfo
+from dalston.supervisor.registry import Allocation, NodeRegistry, RegistryError, RegistryUnavailable, SessionInfo
 from dalston.supervisor.router import PlacementPolicy, SessionRouter, SpawnOutcome
+from dalston.supervisor.spec import ChildSpec, Restart
+from dalston.supervisor.supervisor import SupervisorHandle, start_supervisor
 from dalston.web.access_log import close_websocket
 from dalston.web.auth import ApiKeys
 from dalston.web.client_socket import ClientSocket, SlowConsumer
-from dalston.web.link import LINK_LOST, LinkRefused, RemoteSessionRef, open_link
+from dalston.web.failover_metrics import FailoverMetrics
+from dalston.web.gateway_session import GatewaySession, Place
+from dalston.web.link import LinkRefused, RemoteSessionRef, open_link
 from dalston.web.metrics import GatewayMetrics
 from dalston.web.model_cache import ModelCache
 from dalston.web.ops import OpsSources, add_ops_routes
 from dalston.web.page import add_page_routes
+from dalston.web.replay import ReplayBuffer
 
 log = structlog.get_logger(__name__)
 
 STREAM_PATH = "/v1/audio/transcriptions/stream"
+REPLAY_FRAME_BYTES = 32000  # a replay goes to the new worker in frames of up to 1 s of 16 kHz PCM
 
 
 @dataclass
@@ -59,7 +66,10 @@ class GatewayState:
     models: ModelCache
     http: aiohttp.ClientSession | None = None
     sockets: weakref.WeakSet[web.WebSocketResponse] = field(default_factory=weakref.WeakSet)
-    sessions: dict[str, RemoteSessionRef] = field(default_factory=dict)  # the sessions being relayed now
+    failover: FailoverMetrics = field(init=False)
+    resume_router: SessionRouter = field(init=False)  # the same registry, with the failover deadline
+    supervisor: SupervisorHandle | None = None  # the gateway-side session actors (temporary children)
+    sessions: dict[str, ActorRef] = field(default_factory=dict)  # the sessions being relayed now
     no_sessions: asyncio.Event = field(default_factory=asyncio.Event)
     draining: bool = False
     connections: int = 0  # stream sockets open, admitted or not
@@ -72,9 +82,9 @@ async def drain_gateway(app: web.Application, timeout_s: float, finish_s: float 
     state.draining = True
     log.info("gateway.draining", sessions=len(state.sessions), timeout_s=timeout_s)
     if not await _sessions_gone_within(state, timeout_s):
-        for remote in list(state.sessions.values()):
+        for ref in list(state.sessions.values()):
             with contextlib.suppress(ActorDead):
-                await remote.tell(End())
+                await ref.tell(End())
         await _sessions_gone_within(state, finish_s)
     log.info("gateway.drained", sessions_left=len(state.sessions))
 
@@ -100,6 +110,8 @@ def create_gateway_app(config: Config, registry: NodeRegistry) -> web.Applicatio
                              release_retry_s=server.placement_deadline_s + config.registry.lease_ttl_s)
     state = GatewayState(config, registry, SessionRouter(registry, policy), keys, GatewayMetrics(),
                          ModelCache(registry))
+    state.failover = FailoverMetrics(state.metrics.registry)
+    state.resume_router = SessionRouter(registry, dataclasses.replace(policy, deadline_s=server.failover_deadline_s))
     app[STATE_KEY] = state
     app.router.add_get(STREAM_PATH, stream_handler)
     app.router.add_get("/healthz", health_handler)
@@ -118,9 +130,12 @@ async def _http_client(app: web.Application):  # type: ignore[no-untyped-def]
     ca_file = state.config.server.link_ca_file
     tls = ssl.create_default_context(cafile=ca_file) if ca_file else True  # for wss:// worker links
     state.http = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0, limit_per_host=0, ssl=tls))
+    state.supervisor = await start_supervisor([], name="gateway-sessions", max_restarts=1000, period_s=1.0)
     yield
+    await state.supervisor.stop(timeout_s=10.0)
     await state.http.close()
     await state.router.close()
+    await state.resume_router.close()
 
 
 async def _close_sockets(app: web.Application) -> None:
@@ -202,34 +217,79 @@ async def _admit(state: GatewayState, request: web.Request, key: str | None, hol
 
 async def _serve(state: GatewayState, client: ClientSocket, session_id: str, params: StreamParams,
                  client_ip: str) -> None:
-    remote = await _place(state, session_id, params, client_ip)
+    """Place the session, then run its gateway-side actor (relay, replay buffer, failover) until the call ends."""
+    place = _placer(state, session_id, client_ip)
+    remote = await place(params, None, None)
     bind_context(worker_id=remote.worker_id)
     state.metrics.session_started(params.model)
     started = time.monotonic()
-    state.sessions[session_id] = remote
-    forward = asyncio.create_task(_client_to_worker(client, remote))
+    server = state.config.server
+    keep_s = state.config.vad.max_segment_s + server.replay_pad_s
+    buffer = ReplayBuffer(params.encoding, params.sample_rate, params.channels, keep_s=keep_s,
+                          cap_bytes=server.replay_cap_bytes)
+    frame_bytes = min(state.config.session.max_frame_bytes, REPLAY_FRAME_BYTES)
+    actor = GatewaySession(session_id, params, client, remote, place, buffer, state.failover,
+                           replay_frame_bytes=frame_bytes, max_frame_bytes=state.config.session.max_frame_bytes)
+    ref: ActorRef | None = None
     try:
-        await _worker_to_client(client, remote)
+        assert state.supervisor is not None, "the gateway's sessions supervisor starts with the app"
+        ref = await state.supervisor.start_child(
+            ChildSpec(session_id, lambda restarts: spawn(actor, f"gateway-session:{session_id}", restarts=restarts),
+                      Restart.TEMPORARY, shutdown_s=5.0))
+        state.sessions[session_id] = ref
+        reason = await ref.wait_stopped()
+        if reason.abnormal and not client.closed:  # the relay itself crashed: the client must not wait
+            log.error("gateway.session_crashed", reason=str(reason))
+            with contextlib.suppress(SlowConsumer):
+                await client.send_error(ErrorCode.INTERNAL_ERROR, "the gateway's relay for this session failed")
+            await client.close(ErrorCode.INTERNAL_ERROR.close_code or 1011)
     finally:
-        del state.sessions[session_id]
+        state.sessions.pop(session_id, None)
         if not state.sessions:
             state.no_sessions.set()
-        await cancel_and_wait(forward)
+        if ref is not None and ref.alive:
+            await ref.stop()
         with contextlib.suppress(ConnectionResetError):
-            await remote.stop()
+            await actor.remote.stop()
         await state.router.release_or_retry(session_id)
         state.metrics.session_ended(params.model, time.monotonic() - started)
-        log.info("gateway.session_closed", close_code=client.ws.close_code, link=str(remote.exit_reason))
+        log.info("gateway.session_closed", close_code=client.ws.close_code, moves=actor.moves,
+                 outcome=actor.outcome, worker_id=actor.remote.worker_id)
 
 
-async def _place(state: GatewayState, session_id: str, params: StreamParams, client_ip: str) -> RemoteSessionRef:
+def _placer(state: GatewayState, session_id: str, client_ip: str) -> Place:
+    """How this session is placed: first on any worker, then again (resume) on any but the one it left."""
+
+    async def place(params: StreamParams, resume: ResumeRecord | None, avoid: str | None) -> RemoteSessionRef:
+        if resume is None:
+            return await _place(state, session_id, params, client_ip, None, None)
+        # The lost worker's record of this id must go before it can be acquired again (release is idempotent).
+        deadline = time.monotonic() + state.config.server.failover_deadline_s
+        while True:
+            try:
+                await state.router.release(session_id)
+                return await _place(state, session_id, params, client_ip, resume, avoid)
+            except RegistryError as error:
+                if time.monotonic() >= deadline:
+                    raise ProtocolError(ErrorCode.WORKER_LOST, f"the registry is unavailable: {error}") from error
+                await asyncio.sleep(0.2)
+
+    return place
+
+
+async def _place(state: GatewayState, session_id: str, params: StreamParams, client_ip: str,
+                 resume: ResumeRecord | None, avoid: str | None) -> RemoteSessionRef:
     opened: list[RemoteSessionRef] = []
     refusals: list[LinkRefused] = []
+    server = state.config.server
 
     async def try_spawn(allocation: Allocation, timeout_s: float) -> SpawnOutcome:
         assert state.http is not None
+        if allocation.worker_id == avoid:
+            return SpawnOutcome.UNREACHABLE  # the worker this session just left: never back there
         result = await open_link(state.http, allocation.endpoint, state.config.node.link_token, session_id, params,
-                                 client_ip, 8 * state.config.session.max_frame_bytes, timeout_s)
+                                 client_ip, 8 * state.config.session.max_frame_bytes, timeout_s, resume,
+                                 server.link_heartbeat_s)
         if isinstance(result, LinkRefused):
             refusals.append(result)
             log.warning("gateway.spawn_refused", worker_id=allocation.worker_id, code=str(result.code),
@@ -239,44 +299,10 @@ async def _place(state: GatewayState, session_id: str, params: StreamParams, cli
         return SpawnOutcome.SPAWNED
 
     info = SessionInfo(session_id, params.model, params.language, client_ip)
-    if await state.router.place(info, try_spawn) is None or not opened:
+    router = state.router if resume is None else state.resume_router
+    if await router.place(info, try_spawn) is None or not opened:
         unsupported = [r for r in refusals if r.code is ErrorCode.UNSUPPORTED_MODEL]
         if unsupported:
             raise ProtocolError(ErrorCode.UNSUPPORTED_MODEL, unsupported[0].message)
         raise ProtocolError(ErrorCode.NO_CAPACITY, "no worker has a free slot for this model; try again later")
     return opened[0]
-
-
-async def _client_to_worker(client: ClientSocket, remote: RemoteSessionRef) -> None:
-    try:
-        async for msg in client.ws:
-            if msg.type is WSMsgType.BINARY:
-                await remote.tell(PushAudio(msg.data))
-            elif msg.type is WSMsgType.TEXT:
-                try:
-                    await remote.tell(parse_client_message(msg.data))
-                except ProtocolError as error:  # reported; the session goes on
-                    await client.send_error(error.code, error.message)
-    except (ActorDead, SlowConsumer):
-        return  # the link is gone, or the client: the other direction reports it
-    finally:
-        with contextlib.suppress(ConnectionResetError):
-            await remote.stop()  # the client went away: stop the remote session
-
-
-async def _worker_to_client(client: ClientSocket, remote: RemoteSessionRef) -> None:
-    try:
-        async for text in remote.events():
-            await client.send_text(text)
-        if client.closed:
-            return  # the client left first, and closing the link is how its session was stopped
-        if remote.exit_reason == LINK_LOST:
-            log.warning("gateway.worker_lost", worker_id=remote.worker_id)
-            await client.send_error(ErrorCode.WORKER_LOST, "the worker serving this session stopped answering")
-            await client.close(ErrorCode.WORKER_LOST.close_code or 1011)
-        else:
-            await client.close(remote.close_code or 1000)
-    except SlowConsumer:
-        with contextlib.suppress(ConnectionResetError):
-            await remote.stop()  # nobody reads this session any more: stop it and free its slot now
-        client.drop_slow_consumer()

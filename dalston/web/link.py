@@ -15,7 +15,8 @@ from typing import Any
 
 import aiohttp
 
-from dalston.actors.protocol import End, ErrorCode, Flush, StreamParams
+from dalston.actors.protocol import ClientMessage, ErrorCode, StreamParams
+from dalston.actors.resume import ResumeRecord
 from dalston.actors.runtime import ActorDead, ExitReason
 from dalston.actors.session import PushAudio
 from dalston.web.link_protocol import LINK_PATH, LINK_SEND_TIMEOUT_S, TOKEN_HEADER, Spawn, bearer
@@ -47,7 +48,7 @@ class RemoteSessionRef:
     def alive(self) -> bool:
         return not self._ws.closed
 
-    async def tell(self, message: PushAudio | Flush | End) -> None:
+    async def tell(self, message: PushAudio | ClientMessage) -> None:
         if self._ws.closed:
             raise ActorDead(self.name, self.exit_reason or LINK_LOST)
         try:
@@ -55,7 +56,7 @@ class RemoteSessionRef:
                 if isinstance(message, PushAudio):
                     await self._ws.send_bytes(message.data)
                 else:
-                    await self._ws.send_str(json.dumps({"type": "end" if isinstance(message, End) else "flush"}))
+                    await self._ws.send_str(json.dumps(message.to_json()))
         except (ConnectionResetError, aiohttp.ClientError, TimeoutError) as error:
             await self._ws.close()
             raise ActorDead(self.name, LINK_LOST) from error
@@ -105,19 +106,22 @@ async def open_link(
     client_ip: str = "",
     max_frame_bytes: int = 1 << 20,
     timeout_s: float = SPAWN_REPLY_TIMEOUT_S,
+    resume: ResumeRecord | None = None,
+    heartbeat_s: float = 10.0,
 ) -> RemoteSessionRef | LinkRefused:
     """Connect to a worker and spawn the session there within `timeout_s`.
 
-    A refusal, or a worker that cannot be reached or does not answer in time, is a `LinkRefused`.
+    A refusal, or a worker that cannot be reached or does not answer in time, is a `LinkRefused`. A worker
+    that stops answering pings for `heartbeat_s / 2` after one is sent (hung, SIGSTOPped) loses the link.
     """
     ws: aiohttp.ClientWebSocketResponse | None = None
     try:
         async with asyncio.timeout(timeout_s):
             ws = await http.ws_connect(
                 endpoint.rstrip("/") + LINK_PATH, headers={TOKEN_HEADER: bearer(token)},
-                max_msg_size=max_frame_bytes, heartbeat=10.0, timeout=aiohttp.ClientWSTimeout(ws_close=5.0),
+                max_msg_size=max_frame_bytes, heartbeat=heartbeat_s, timeout=aiohttp.ClientWSTimeout(ws_close=5.0),
             )
-            await ws.send_json(Spawn(session_id, params, client_ip).to_json())
+            await ws.send_json(Spawn(session_id, params, client_ip, resume).to_json())
             reply = await ws.receive_json()
     except (TimeoutError, aiohttp.ClientError, OSError, TypeError, ValueError) as error:
         if ws is not None:

@@ -2,7 +2,9 @@
 
 gateway -> worker: a `spawn` text frame first; then the client's audio as binary frames and its control
 messages as `{"type": "flush"}` / `{"type": "end"}`. worker -> gateway: `spawned` or `refused`, then every
-server event as the JSON the client gets. When the session stops, the worker closes the link with the close
+server event as the JSON the client gets, and `{"type": "handback"}` from a draining worker at a pause between
+utterances: the gateway then moves the session to another worker (a `spawn` with a `resume` record) and closes
+this link. When the session stops, the worker closes the link with the close
 code the client's socket should get; a link that breaks without that close means the worker was lost.
 """
 
@@ -12,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from dalston.actors.protocol import ErrorCode, StreamParams
+from dalston.actors.resume import ResumeRecord
 from dalston.web.credentials import same_secret
 
 LINK_PATH = "/v1/link"
@@ -19,6 +22,7 @@ TOKEN_HEADER = "Authorization"
 # A write to the link that takes longer means a hung peer, not backpressure: a session's mailbox drains in
 # milliseconds unless its model has been saturated for this long.
 LINK_SEND_TIMEOUT_S = 30.0
+HANDBACK = "handback"
 
 
 @dataclass(frozen=True)
@@ -26,10 +30,14 @@ class Spawn:
     session_id: str
     params: StreamParams
     client_ip: str = ""
+    resume: ResumeRecord | None = None  # set when the session takes over a call from another worker
 
     def to_json(self) -> dict[str, Any]:
-        return {"type": "spawn", "session_id": self.session_id, "params": self.params.to_json(),
+        data = {"type": "spawn", "session_id": self.session_id, "params": self.params.to_json(),
                 "client_ip": self.client_ip}
+        if self.resume is not None:
+            data["resume"] = self.resume.to_json()
+        return data
 
     @classmethod
     def from_json(cls, data: Any) -> Spawn:
@@ -38,7 +46,9 @@ class Spawn:
         params = data.get("params")
         if not isinstance(params, dict):
             raise ValueError("spawn message without params")
-        return cls(data["session_id"], StreamParams.from_json(params), str(data.get("client_ip", "")))
+        resume = data.get("resume")
+        return cls(data["session_id"], StreamParams.from_json(params), str(data.get("client_ip", "")),
+                   None if resume is None else ResumeRecord.from_json(resume))
 
 
 @dataclass(frozen=True)

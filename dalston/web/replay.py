@@ -89,17 +89,21 @@ class ReplayBuffer:
         """How much more may come in before the front would be dropped (while no worker can take it)."""
         return max(0, self._bound_bytes() - (self._end - self._start))
 
-    def chunks_from(self, offset: int, max_bytes: int) -> list[bytes]:
-        """The kept audio from absolute `offset` on, cut into frames of at most `max_bytes` (frame-aligned)."""
+    def chunks_from(self, offset: int, max_bytes: int, until: int | None = None) -> list[bytes]:
+        """The kept audio from absolute `offset` up to `until` (default: all), in frames of at most `max_bytes`
+        (frame-aligned sizes, so each frame but the last holds whole samples)."""
         offset = max(offset, self._start)
+        until = self._end if until is None else min(until, self._end)
         out: list[bytes] = []
         position = self._start
         pending = bytearray()
         size = max(self.bytes_per_frame, max_bytes - max_bytes % self.bytes_per_frame)
         for chunk in self._chunks:
+            if position >= until:
+                break
             chunk_end = position + len(chunk)
             if chunk_end > offset:
-                pending += chunk[max(0, offset - position):]
+                pending += chunk[max(0, offset - position):until - position]
                 while len(pending) >= size:
                     out.append(bytes(pending[:size]))
                     del pending[:size]
@@ -147,6 +151,11 @@ class ReplayBuffer:
                                 self.movable)
 
     # -- internals ----------------------------------------------------------------------------------------
+
+    @property
+    def bound_bytes(self) -> int:
+        """The most audio kept: appending beyond it drops the oldest bytes."""
+        return self._bound_bytes()
 
     def _bound_bytes(self) -> int:
         if not self.indexed:

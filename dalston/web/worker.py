@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 import weakref
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -29,7 +30,15 @@ from dalston.actors.runtime import SHUTDOWN, ActorDead, ActorRef
 from dalston.actors.session import PushAudio
 from dalston.logs import bind_context
 from dalston.supervisor.node import SpawnRefused, WorkerNode
-from dalston.web.link_protocol import LINK_PATH, LINK_SEND_TIMEOUT_S, TOKEN_HEADER, Refused, Spawn, token_matches
+from dalston.web.link_protocol import (
+    HANDBACK,
+    LINK_PATH,
+    LINK_SEND_TIMEOUT_S,
+    TOKEN_HEADER,
+    Refused,
+    Spawn,
+    token_matches,
+)
 from dalston.web.worker_metrics import SessionProbe, WorkerMetrics
 
 log = structlog.get_logger(__name__)
@@ -39,6 +48,8 @@ NODE_KEY = web.AppKey("node", WorkerNode)
 SOCKETS_KEY = web.AppKey("sockets", weakref.WeakSet[web.WebSocketResponse])
 METRICS_KEY = web.AppKey("metrics", WorkerMetrics)
 SPAWN_TIMEOUT_S = 10.0
+DRAIN_PATH = "/v1/drain"
+HAND_BACK_POLL_S = 0.05  # how often a draining link looks for its session's next pause
 
 
 def create_worker_app(node: WorkerNode) -> web.Application:
@@ -50,6 +61,7 @@ def create_worker_app(node: WorkerNode) -> web.Application:
     app.router.add_get("/healthz", health_handler)
     app.router.add_get("/v1/tree", _token_required(tree_handler))
     app.router.add_get("/metrics", _token_required(app[METRICS_KEY].handler))
+    app.router.add_post(DRAIN_PATH, _token_required(drain_handler))
     app.on_shutdown.append(_close_links)
     return app
 
@@ -85,6 +97,15 @@ async def health_handler(request: web.Request) -> web.Response:
                               "unavailable_models": stats.unavailable_models})
 
 
+async def drain_handler(request: web.Request) -> web.Response:
+    """`dalston drain`: take no new sessions and hand the running ones back to their gateways; the process stays
+    up (draining) until the operator stops it."""
+    node = request.app[NODE_KEY]
+    await node.begin_drain()
+    return web.json_response({"status": str(node.status), "worker_id": node.worker_id,
+                              "active_sessions": await node.active_sessions()})
+
+
 async def tree_handler(request: web.Request) -> web.Response:
     node = request.app[NODE_KEY]
     tree = await node.tree()
@@ -113,7 +134,8 @@ async def _serve_session(node: WorkerNode, ws: web.WebSocketResponse, transport:
     link = _SessionLink(ws, transport)
     probe = metrics.session_probe(spawn.params)
     try:
-        ref = await node.start_session(spawn.session_id, spawn.params, probe.wrap(link.send_event), spawn.client_ip)
+        ref = await node.start_session(spawn.session_id, spawn.params, probe.wrap(link.send_event), spawn.client_ip,
+                                       spawn.resume)
     except SpawnRefused as refusal:
         await _refuse(ws, Refused(refusal.code, refusal.message))
         return
@@ -123,6 +145,7 @@ async def _serve_session(node: WorkerNode, ws: web.WebSocketResponse, transport:
         return
     metrics.session_started(spawn.params.model)
     watcher: asyncio.Task[None] | None = None
+    hand_back = asyncio.create_task(_hand_back_when_draining(node, ref, link))
     try:
         # A gateway that gave up waiting has closed the link by now: the relay ends at once and so does the
         # session, instead of running for nobody until its idle timeout.
@@ -131,11 +154,28 @@ async def _serve_session(node: WorkerNode, ws: web.WebSocketResponse, transport:
         watcher = asyncio.create_task(_close_when_stopped(ref, ws, link))
         await _relay_frames(ws, ref, probe)
     finally:
+        hand_back.cancel()
         if ref.alive:  # the gateway went away first: nobody is left to hear this session
             await ref.stop(SHUTDOWN)
         if watcher is not None:
             await watcher
     log.info("link.session_closed", close_code=ws.close_code)
+
+
+async def _hand_back_when_draining(node: WorkerNode, ref: ActorRef, link: _SessionLink) -> None:
+    """While the node drains: at the session's next pause (no speech, no final pending, nothing queued), or at
+    the drain deadline, tell the gateway to move it. The gateway replays what it kept since the last final to
+    the new worker and then closes this link, which stops the session here."""
+    await node.handing_back.wait()
+    while ref.alive and time.monotonic() < node.hand_back_by:
+        stats = ref.statistics()
+        if not stats.extra.get("in_speech", True) and not stats.extra.get("finals_pending", 1) \
+                and stats.mailbox_depth == 0:
+            break
+        await asyncio.sleep(HAND_BACK_POLL_S)
+    if ref.alive:
+        log.info("link.handing_back", at_pause=time.monotonic() < node.hand_back_by)
+        await link.hand_back()
 
 
 async def _refuse(ws: web.WebSocketResponse, refusal: Refused) -> None:
@@ -153,6 +193,7 @@ class _SessionLink:
         self.ws = ws
         self.last_error: ErrorOccurred | None = None
         self.ended = False
+        self.handed_back = False
         self._transport = transport
         self._held: list[ServerEvent] | None = []
 
@@ -162,7 +203,14 @@ class _SessionLink:
         for event in held:
             await self.send_event(event)
 
+    async def hand_back(self) -> None:
+        """No event of this session reaches the gateway after this: it has moved the session on."""
+        await self._send(json.dumps({"type": HANDBACK}))
+        self.handed_back = True
+
     async def send_event(self, event: ServerEvent) -> None:
+        if self.handed_back:
+            return
         if self._held is not None:
             self._held.append(event)
             return
