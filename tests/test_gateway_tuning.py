@@ -31,9 +31,6 @@ REPO = Path(__file__).resolve().parent.parent
 SAMPLE = REPO / "dalston" / "data" / "sample.wav"
 SAMPLE_TEXT = (REPO / "dalston" / "data" / "sample.txt").read_text()
 IDLE_S = 3.0
-# RemoteSessionRef.tell (dalston/web/link.py, not this file) sends every control message but `end` to the
-# worker as {"type": "flush"}; it must send `message.to_json()` (every client message has one now).
-LINK_FORWARDS_ONLY_FLUSH_AND_END = "link.py forwards keepalive and configure as flush"
 
 
 @pytest.fixture(scope="module")
@@ -122,7 +119,6 @@ async def test_a_corrupt_ogg_page_ends_its_session_with_invalid_audio_and_a_neig
     assert server.running
 
 
-@pytest.mark.xfail(strict=True, reason=LINK_FORWARDS_ONLY_FLUSH_AND_END)
 async def test_keepalives_through_the_gateway_hold_a_silent_session_past_the_idle_timeout(
     server: DalstonProcess,
 ) -> None:
@@ -136,7 +132,6 @@ async def test_keepalives_through_the_gateway_hold_a_silent_session_past_the_idl
     assert of_type(events, "transcript.final")
 
 
-@pytest.mark.xfail(strict=True, reason=LINK_FORWARDS_ONLY_FLUSH_AND_END)
 async def test_configure_through_the_gateway_is_answered_with_session_configured(server: DalstonProcess) -> None:
     async with StreamClient(server.stream_url) as stream:
         await stream.configure(keyterms=["Dalston"], min_silence_ms=900)
