@@ -55,7 +55,7 @@ async def test_the_redis_work_of_fifty_clients_arriving_together_does_not_grow_w
     with_a_thousand = await redis_commands_for_clients_arriving_together(redis_server, redis_prefix + "1k:", 1000)
     # Reading every worker's record per model-list refresh (the old way) made it 1,000+ commands per client.
     assert with_a_thousand <= with_ten + 10, (with_ten, with_a_thousand)
-    assert with_ten <= 10 * CLIENTS, with_ten
+    assert with_ten <= 20 * CLIENTS, with_ten  # an acquire, a hold and its release: a few scripts per client
 
 
 async def test_clients_get_no_capacity_not_unsupported_model_once_every_worker_is_reaped(

@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 
+from dalston.supervisor.holds import HoldTable
 from dalston.supervisor.registry import (
     DEFAULT_ENDED_SESSION_TTL_S,
     DEFAULT_LEASE_TTL_S,
@@ -329,6 +330,7 @@ class MemoryRegistry(NodeRegistry):
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._state = RegistryState(ended_session_ttl_s, lease_ttl_s)
+        self._holds = HoldTable()
         self._clock = clock
 
     @property
@@ -356,6 +358,12 @@ class MemoryRegistry(NodeRegistry):
 
     async def mark_suspect(self, worker_id: str, for_s: float) -> None:
         self._state.mark_suspect(worker_id, for_s, self._clock())
+
+    async def hold(self, holder: str, session_id: str, limit: int, ttl_s: float) -> bool:
+        return self._holds.hold(holder, session_id, limit, ttl_s, self._clock())
+
+    async def unhold(self, holder: str, session_id: str) -> None:
+        self._holds.unhold(holder, session_id)
 
     async def models(self) -> ModelAvailability:
         return self._state.models(self._clock())

@@ -19,7 +19,7 @@ import redis.asyncio as aioredis
 import redis.exceptions
 from redis.commands.core import AsyncScript
 
-from dalston.supervisor import registry_lua
+from dalston.supervisor import holds, registry_lua
 from dalston.supervisor.redis_connect import DEFAULT_SOCKET_TIMEOUT_S, RedisConnection, connect
 from dalston.supervisor.registry import (
     DEFAULT_ENDED_SESSION_TTL_S,
@@ -152,6 +152,8 @@ class RedisRegistry(NodeRegistry):
         self._mark_suspect = script(registry_lua.MARK_SUSPECT)
         self._reap = script(registry_lua.REAP)
         self._models_script = script(registry_lua.MODELS)
+        self._hold = client.register_script(holds.HOLD)
+        self._unhold = client.register_script(holds.UNHOLD)
 
     @classmethod
     def from_url(cls, url: str, *, socket_timeout_s: float = DEFAULT_SOCKET_TIMEOUT_S,
@@ -232,6 +234,15 @@ class RedisRegistry(NodeRegistry):
 
     async def mark_suspect(self, worker_id: str, for_s: float) -> None:
         await self._run(self._mark_suspect, worker_id, _ms(for_s))
+
+    async def hold(self, holder: str, session_id: str, limit: int, ttl_s: float) -> bool:
+        with _unavailable_on_connection_errors():
+            return bool(await self._hold(keys=[holds.holder_key(self._tag, holder)],
+                                         args=[session_id, limit, _ms(ttl_s)]))
+
+    async def unhold(self, holder: str, session_id: str) -> None:
+        with _unavailable_on_connection_errors():
+            await self._unhold(keys=[holds.holder_key(self._tag, holder)], args=[session_id])
 
     async def models(self) -> ModelAvailability:
         _, known, ready = await self._run(self._models_script)

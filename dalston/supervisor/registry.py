@@ -200,6 +200,18 @@ class NodeRegistry(abc.ABC):
         """A gateway failed to reach this worker: acquire skips it for `for_s` seconds, for every gateway."""
 
     @abc.abstractmethod
+    async def hold(self, holder: str, session_id: str, limit: int, ttl_s: float) -> bool:
+        """Count the session against `holder` (an API key or a client address) across every gateway.
+
+        False when the holder already has `limit` live holds. A hold lapses after `ttl_s` unless held again:
+        holding an existing session renews it and is never refused.
+        """
+
+    @abc.abstractmethod
+    async def unhold(self, holder: str, session_id: str) -> None:
+        """Give the hold back (idempotent)."""
+
+    @abc.abstractmethod
     async def models(self) -> ModelAvailability:
         """Known and ready models, from per-model indexes (work independent of the number of workers)."""
 

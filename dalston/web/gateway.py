@@ -103,8 +103,8 @@ STATE_KEY = web.AppKey("gateway", GatewayState)
 
 def create_gateway_app(config: Config, registry: NodeRegistry) -> web.Application:
     app = web.Application()
-    keys = ApiKeys(config.server.api_keys, config.server.max_sessions_per_key,
-                   config.server.max_sessions_per_client_ip)
+    keys = ApiKeys(config.server.api_keys, config.server.max_sessions_per_key, registry,
+                   config.server.max_sessions_per_client_ip, config.registry.lease_ttl_s)
     server = config.server
     policy = PlacementPolicy(server.placement_deadline_s, server.spawn_timeout_s, server.suspect_s,
                              release_retry_s=server.placement_deadline_s + config.registry.lease_ttl_s)
@@ -135,6 +135,7 @@ async def _http_client(app: web.Application):  # type: ignore[no-untyped-def]
     await state.supervisor.stop(timeout_s=10.0)
     await state.http.close()
     await state.router.close()
+    await state.keys.close()
     await state.resume_router.close()
 
 
@@ -183,11 +184,11 @@ async def _stream(state: GatewayState, request: web.Request) -> web.WebSocketRes
     holder = state.keys.holder(key, request.remote or "")
     try:
         try:
-            params = await _admit(state, request, key, holder)
+            params = await _admit(state, request, key, holder, session_id)
             try:
                 await _serve(state, client, session_id, params, request.remote or "")
             finally:
-                state.keys.release(holder)
+                await state.keys.release(holder, session_id)
         except RegistryUnavailable as error:
             log.warning("gateway.registry_unavailable", error=str(error))
             raise ProtocolError(ErrorCode.NO_CAPACITY, "the session registry is unavailable; try again") from error
@@ -201,7 +202,8 @@ async def _stream(state: GatewayState, request: web.Request) -> web.WebSocketRes
     return ws
 
 
-async def _admit(state: GatewayState, request: web.Request, key: str | None, holder: str) -> StreamParams:
+async def _admit(state: GatewayState, request: web.Request, key: str | None, holder: str,
+                 session_id: str) -> StreamParams:
     """Check the key, the parameters and the model, then count the session against its key (or client IP)."""
     if state.draining:
         raise ProtocolError(ErrorCode.NO_CAPACITY, "this gateway is shutting down; connect again")
@@ -210,7 +212,7 @@ async def _admit(state: GatewayState, request: web.Request, key: str | None, hol
     params = parse_stream_params(request.query, session_bounds(state.config.session))
     if params.model not in (await state.models.get()).known:
         raise ProtocolError(ErrorCode.UNSUPPORTED_MODEL, f"no worker serves model {params.model!r}")
-    if not state.keys.acquire(holder):
+    if not await state.keys.acquire(holder, session_id):
         raise ProtocolError(ErrorCode.TOO_MANY_SESSIONS, "too many concurrent sessions for this API key or address")
     return params
 
