@@ -412,3 +412,24 @@ async def test_a_childs_shutdown_is_brutal_kill_a_bound_or_infinity(
     (child,) = await sup.which_children()
     await sup.stop()
     assert child.ref is not None and child.ref.exit_reason == reason and done == cleaned
+
+
+async def test_an_owner_that_stops_cleanly_stops_what_it_owns_and_one_that_is_killed_kills_it() -> None:
+    stopped: list[str] = []
+
+    class Owned(Actor):
+        async def receive(self, message: Any) -> None:
+            return None
+
+        async def on_stop(self, reason: ExitReason) -> None:
+            stopped.append(str(reason))
+
+    class Owner(Actor):
+        async def on_start(self) -> None:
+            self.owned = await spawn(Owned(), "owned")
+
+    clean, brutal = Owner(), Owner()
+    await (await spawn(clean, "clean")).stop()
+    await (await spawn(brutal, "brutal")).kill()
+    assert clean.owned.exit_reason == ExitReason("shutdown") and stopped == ["shutdown"]
+    assert brutal.owned.exit_reason == ExitReason("killed")  # and its on_stop did not run

@@ -365,10 +365,16 @@ class ActorRef:
             log.warning("actor.stopped_with_queued_messages", actor=self.name, count=dropped_tells)
 
     async def _reap_owned(self) -> None:
-        """Kill the tasks and actors this one still owns and wait for them (bounded)."""
+        """End the tasks and actors this one still owns and wait for them (bounded).
+
+        After a clean exit its actors are stopped (their `on_stop` runs, within `KILL_WAIT_S`); after a kill
+        they are killed too.
+        """
         tasks, owned = list(self._tasks), list(self._owned)
         for task in tasks:
             task.cancel()
+        if not self._killed and owned:
+            await asyncio.wait([asyncio.ensure_future(child.stop(SHUTDOWN, KILL_WAIT_S)) for child in owned])
         for child in owned:
             child._begin_kill()
         if tasks or owned:
