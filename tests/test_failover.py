@@ -183,8 +183,10 @@ async def test_a_rolling_drain_of_every_worker_moves_running_calls_without_an_er
     calls = [asyncio.create_task(run_call(gateway.stream_url, call, record)) for record in records]
     await asyncio.sleep(4.0)
     replacements: list[DalstonProcess] = []
+    moved = 0  # sessions running on a worker when its drain began
     for worker in workers:  # one after another, as a deploy restarts them
         assert worker.worker_id is not None
+        moved += sum(s.worker_id == worker.worker_id for s in await cluster_registry.list_sessions())
         worker.signal(signal.SIGTERM)  # drains: hands its sessions back at their next pause, then exits
         assert await worker.wait_exit(timeout_s=30.0) == 0, worker.log_tail()
         replacement = dalston_processes.start_worker(worker.worker_id + "b", capacity=3)
@@ -199,5 +201,6 @@ async def test_a_rolling_drain_of_every_worker_moves_running_calls_without_an_er
         assert all(b["start"] > a["start"] for a, b in itertools.pairwise(finals))
         assert record.events[-1]["transcript"] == " ".join(f["text"] for f in finals)
         assert word_error_rate(call.transcript, record.events[-1]["transcript"]) <= 0.2
-    assert sum(len(r.of_type("session.resumed")) for r in records) >= 3  # every worker had sessions to move
+    assert moved >= 2
+    assert sum(len(r.of_type("session.resumed")) for r in records) == moved
     await no_slot_taken(cluster_registry)
