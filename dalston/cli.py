@@ -44,6 +44,11 @@ def _parser() -> argparse.ArgumentParser:
     _inspect_flags(workers)
     workers.add_argument("--json", action="store_true")
 
+    drain = commands.add_parser("drain", help="drain a worker: no new sessions, running ones move to other workers")
+    drain.add_argument("worker_id")
+    drain.add_argument("--redis-url", required=True)
+    drain.add_argument("--config", type=Path, help="for node.link_token (or set DALSTON_NODE_LINK_TOKEN)")
+
     stream = commands.add_parser("stream", help="stream a WAV file and print the transcript as it appears")
     stream.add_argument("file", type=Path)
     stream.add_argument("--url", default="ws://127.0.0.1:8000/v1/audio/transcriptions/stream")
@@ -117,6 +122,8 @@ async def _run(args: argparse.Namespace) -> int:
         return await commands.stream(args)
     if args.command == "tree":
         return await commands.tree(args)
+    if args.command == "drain":
+        return await commands.drain(args)
     return await commands.workers(args)
 
 

@@ -138,3 +138,10 @@ async def workers(args: argparse.Namespace) -> int:
     from dalston.inspect import show_workers
 
     return await show_workers(redis_url=args.redis_url, as_json=args.json, url=args.url, api_key=args.api_key)
+
+
+async def drain(args: argparse.Namespace) -> int:
+    from dalston.config import load_config
+    from dalston.drain import drain_worker
+
+    return await drain_worker(args.worker_id, args.redis_url, load_config(args.config).node.link_token)
