@@ -15,9 +15,10 @@ from typing import Any
 
 import numpy as np
 from aiohttp import web
+from test_transcriber_scheduling import Inbox
 
 from dalston.actors.runtime import Actor, ActorRef, spawn
-from dalston.actors.transcriber import Decoded, DecodeRequest, TranscriberActor
+from dalston.actors.transcriber import DecodeRequest, TranscriberActor
 from dalston.web.client_socket import ClientSocket, SlowConsumer
 
 BIG_EVENT = "x" * 65536
@@ -93,16 +94,6 @@ class Stuck(Actor):
 
     async def receive(self, message: Any) -> None:
         await asyncio.Event().wait()
-
-
-class Inbox(Actor):
-    def __init__(self) -> None:
-        self.answers: list[Decoded] = []
-        self.arrived = asyncio.Event()
-
-    async def receive(self, message: Any) -> None:
-        self.answers.append(message)
-        self.arrived.set()
 
 
 def final_request(reply_to: ActorRef, session: str, request_id: int) -> DecodeRequest:
