@@ -62,10 +62,6 @@ class _Control:
     message: ClientMessage
 
 
-class _LinkEnded(Exception):
-    pass
-
-
 class GatewaySession(Actor):
     mailbox_size = 16
 
@@ -111,6 +107,7 @@ class GatewaySession(Actor):
 
     async def _run(self) -> None:
         reader = self.start_task(self._read_client(), name=f"client:{self.session_id}")
+        reason = ExitReason("normal")
         try:
             while not await self._serve_link():
                 if not await self._move():
@@ -118,11 +115,14 @@ class GatewaySession(Actor):
         except SlowConsumer:
             self.outcome = "slow_consumer"
             self.client.drop_slow_consumer()
+        except Exception as error:  # a bug in the relay: the actor exits abnormally, the handler tells the client
+            self._log.exception("gateway.relay_crashed")
+            self.outcome, reason = "crashed", ExitReason.crashed(error)
         finally:
             await cancel_and_wait(reader)
             with contextlib.suppress(ConnectionResetError):
                 await self.remote.stop()
-            self.stop_self(ExitReason("normal", self.outcome))
+            self.stop_self(reason if reason.abnormal else ExitReason("normal", self.outcome))
 
     async def _serve_link(self) -> bool:
         """Relay over the current link until it ends; True when the call is over, False to move it."""
@@ -277,6 +277,10 @@ class GatewaySession(Actor):
                     await self._wake.wait()
         except ActorDead:
             return  # the link is gone: the event side sees it end
+        except Exception:
+            with contextlib.suppress(ConnectionResetError):
+                await remote.stop()  # ends the event side too; the error is re-raised where the pump is awaited
+            raise
 
 
 def _decode(text: str) -> tuple[str | None, dict[str, Any] | None]:
