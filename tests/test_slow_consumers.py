@@ -9,17 +9,29 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import os
 import socket
+import time
 from typing import Any
 
 import numpy as np
+import pytest
 from aiohttp import web
+from cluster_fixtures import load_clip, of_type, poll_until, stream_to_end
 from test_transcriber_scheduling import Inbox
 
+from dalston.actors.decoder import DecodedSegment, DecodeResult
 from dalston.actors.runtime import Actor, ActorRef, spawn
 from dalston.actors.transcriber import DecodeRequest, TranscriberActor
+from dalston.config import load_config
+from dalston.supervisor.memory_registry import MemoryRegistry
+from dalston.supervisor.node import WorkerNode
+from dalston.web.client import StreamClient
 from dalston.web.client_socket import ClientSocket, SlowConsumer
+from dalston.web.gateway import STREAM_PATH, create_gateway_app
+from dalston.web.server import start_site
+from dalston.web.worker import create_worker_app
 
 BIG_EVENT = "x" * 65536
 
@@ -27,12 +39,12 @@ BIG_EVENT = "x" * 65536
 class NonReadingClient:
     """A WebSocket client on a raw socket with a tiny receive buffer that, after the handshake, reads nothing."""
 
-    def __init__(self, port: int) -> None:
+    def __init__(self, port: int, path: str = "/flood") -> None:
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
         self.sock.connect(("127.0.0.1", port))
         key = base64.b64encode(os.urandom(16)).decode()
-        self.sock.sendall((f"GET /flood HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\n"
+        self.sock.sendall((f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\n"
                            f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n")
                           .encode())
         answer = b""
@@ -120,3 +132,83 @@ async def test_a_session_that_cannot_take_its_results_does_not_hold_the_models_t
         for ref in (transcriber, inbox_ref):
             await ref.stop()
         await stuck.kill()
+
+
+# -- through a real gateway and worker ------------------------------------------------------------------------
+
+
+class LoudDecoder:
+    """Answers every decode with 400 KB of text: a client that stops reading fills its buffers in seconds."""
+
+    def decode(self, audio: np.ndarray, *, final: bool, word_timestamps: bool, language: str | None,
+               offset_s: float, beam_size: int | None = None) -> DecodeResult:
+        duration_s = len(audio) / 16000
+        text = " word" * 80000
+        segment = DecodedSegment(offset_s, offset_s + duration_s, text, -0.2, 0.01, None)
+        return DecodeResult(text, (segment,), "en", duration_s, 0.001)
+
+
+def masked_binary_frame(payload: bytes) -> bytes:
+    """A client's WebSocket binary frame (RFC 6455 §5.2: clients mask)."""
+    mask = os.urandom(4)
+    size = len(payload)
+    header = bytes([0x82]) + (bytes([0x80 | size]) if size < 126 else bytes([0x80 | 126]) + size.to_bytes(2, "big"))
+    body = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+    return header + mask + body
+
+
+class NonReadingStreamer(NonReadingClient):
+    """Sends speech to the stream endpoint and never reads a byte of what comes back."""
+
+    def __init__(self, port: int) -> None:
+        super().__init__(port, path=STREAM_PATH)
+
+    def send_speech(self, samples: np.ndarray, chunk: int = 1600) -> None:
+        """In real time (100 ms chunks), so that partials keep coming; stops once the gateway cut it off."""
+        with contextlib.suppress(OSError):
+            for start in range(0, len(samples), chunk):
+                self.sock.sendall(masked_binary_frame(samples[start:start + chunk].astype("<i2").tobytes()))
+                time.sleep(chunk / 16000)
+
+
+@pytest.mark.slow
+async def test_a_client_that_stops_reading_loses_its_session_and_frees_its_slot_while_a_neighbour_is_served(
+) -> None:
+    registry = MemoryRegistry()
+    config = load_config(environ={}).replace("node", worker_id="w1", capacity=2, models=("fast",))
+    config = config.replace("server", send_timeout_s=0.5)
+    node = WorkerNode(config, registry, "", decoders={"fast": LoudDecoder})
+    worker_runner, worker_port = await start_site(create_worker_app(node), "127.0.0.1", 0)
+    node.endpoint = f"ws://127.0.0.1:{worker_port}"
+    await node.start()
+    gateway_runner, port = await start_site(create_gateway_app(config, registry), "127.0.0.1", 0)
+    clip = load_clip("0880")
+    hog = await asyncio.to_thread(NonReadingStreamer, port)
+    speaking = asyncio.create_task(asyncio.to_thread(hog.send_speech, clip.samples))
+    try:
+
+        async def hog_placed() -> list[str]:
+            return [record.session_id for record in await registry.list_sessions()]
+
+        (hog_id,) = await poll_until(hog_placed, "the non-reading client's session began", timeout_s=20)
+
+        async def hog_gone() -> bool:  # its session ended, its slot and its address's hold given back
+            record = await registry.get_session(hog_id)
+            return record is not None and record.ended_at is not None and hog_id not in node._live_sessions
+
+        async def neighbour_streams() -> list[dict[str, Any]]:  # in real time, beside the hog and after it
+            async with StreamClient(f"ws://127.0.0.1:{port}{STREAM_PATH}") as neighbour:
+                return await stream_to_end(neighbour, clip.samples, speed=1.0)
+
+        neighbour = asyncio.create_task(neighbour_streams())
+        await poll_until(hog_gone, "the non-reading client's session ended and its slot was freed", timeout_s=20)
+        events = await neighbour
+        assert events[-1]["type"] == "session.end" and of_type(events, "transcript.final")
+        assert registry._holds.holders() == 0  # both holds given back: the hog's and the neighbour's
+        assert await node.active_sessions() == 0
+    finally:
+        hog.close()
+        await speaking
+        await gateway_runner.cleanup()
+        await node.stop()
+        await worker_runner.cleanup()
