@@ -9,7 +9,9 @@ Starts a private redis-server, one `dalston worker` (tiny.en only) and one `dals
   the gateway's extra hop, there and back;
 - per-frame cost: N small frames of silence sent as fast as the sockets take them, then `end`; the time from
   the first frame to `session.end`, through the gateway and directly, divided by N (the hops run in
-  parallel processes, so this is throughput, not latency).
+  parallel processes, so this is throughput, not latency);
+- placement rate: `--placements` sessions opened (to `session.begin`) and ended by `--concurrency` clients at
+  once through the gateway: sessions placed per second, and the gateway process's CPU per session start.
 
     .venv/bin/python benchmarks/link_bench.py [--sessions 20] [--frames 3000] [--frame-ms 10] [--runs 5]
 
@@ -35,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import psutil
 from registry_bench import private_redis
 
 from dalston.actors.audio import read_wav
@@ -163,13 +166,36 @@ async def speech_start_direct(http: aiohttp.ClientSession, worker_ws: str, frame
     raise RuntimeError("no vad.speech_start from the worker")
 
 
+async def placement_rate(url: str, gateway_pid: int, total: int, concurrency: int) -> dict[str, float]:
+    gateway = psutil.Process(gateway_pid)
+    cpu_before, started = sum(gateway.cpu_times()[:2]), time.perf_counter()
+    left = iter(range(total))
+    refused: list[str] = []
+
+    async def client() -> None:
+        for _ in left:
+            async with StreamClient(url) as stream:
+                async for event in stream.events():
+                    if event["type"] == "session.begin":
+                        await stream.end()
+                    elif event["type"] == "error":
+                        refused.append(event["code"])
+                        break
+
+    await asyncio.gather(*(client() for _ in range(concurrency)))
+    elapsed, cpu = time.perf_counter() - started, sum(gateway.cpu_times()[:2]) - cpu_before
+    return {"sessions": total, "concurrency": concurrency, "refused": len(refused),
+            "sessions_per_s": round(total / elapsed, 1),
+            "gateway_cpu_ms_per_session_start": round(1000 * cpu / total, 2)}
+
+
 def summary_ms(seconds: list[float]) -> dict[str, float]:
     values = sorted(s * 1000 for s in seconds)
     return {"median": round(statistics.median(values), 2), "p95": round(percentile(values, 0.95), 2),
             "min": round(values[0], 2), "n": len(values)}
 
 
-async def measure(gateway_url: str, worker_ws: str, args: argparse.Namespace) -> dict[str, Any]:
+async def measure(gateway_url: str, worker_ws: str, args: argparse.Namespace, gateway_pid: int) -> dict[str, Any]:
     frame = bytes(32 * args.frame_ms)  # silence, 16 kHz int16
     speech = read_wav(SAMPLE)[0][:24000].astype("<i2").tobytes()
     via, direct, relay_via, relay_direct = [], [], [], []
@@ -184,7 +210,9 @@ async def measure(gateway_url: str, worker_ws: str, args: argparse.Namespace) ->
             frames_via.append(await frames_via_gateway(gateway_url, frame, args.frames))
             frames_direct_s.append(await frames_direct(http, worker_ws, frame, args.frames, run))
     overhead_us = [(v - d) / args.frames * 1e6 for v, d in zip(frames_via, frames_direct_s, strict=True)]
+    placement = await placement_rate(gateway_url, gateway_pid, args.placements, args.concurrency)
     return {
+        "placement": placement,
         "allocation_to_session_begin_ms": {"via_gateway": summary_ms(via), "direct_to_worker": summary_ms(direct)},
         "speech_frame_to_vad_speech_start_ms": {"via_gateway": summary_ms(relay_via),
                                                  "direct_to_worker": summary_ms(relay_direct)},
@@ -200,14 +228,14 @@ async def measure(gateway_url: str, worker_ws: str, args: argparse.Namespace) ->
 async def main_async(args: argparse.Namespace, redis_url: str, folder: Path) -> dict[str, Any]:
     worker_port, gateway_port = free_port(), free_port()
     worker_args = ["worker", "--redis-url", redis_url, "--port", str(worker_port), "--worker-id", "bench-w1",
-                   "--capacity", "4", "--models", "fast"]
+                   "--capacity", str(max(4, 2 * args.concurrency)), "--models", "fast"]
     gateway_args = ["gateway", "--redis-url", redis_url, "--port", str(gateway_port)]
     with dalston_process(worker_args, folder / "worker.log") as worker, \
             dalston_process(gateway_args, folder / "gateway.log") as gateway:
         await wait_until_ready(f"http://127.0.0.1:{worker_port}/healthz", worker, timeout_s=READY_TIMEOUT_S)
         await wait_until_ready(f"http://127.0.0.1:{gateway_port}/readyz", gateway, timeout_s=READY_TIMEOUT_S)
         url = f"ws://127.0.0.1:{gateway_port}/v1/audio/transcriptions/stream"
-        return await measure(url, f"ws://127.0.0.1:{worker_port}", args)
+        return await measure(url, f"ws://127.0.0.1:{worker_port}", args, gateway.pid)
 
 
 def main() -> None:
@@ -216,6 +244,8 @@ def main() -> None:
     parser.add_argument("--frames", type=int, default=3000)
     parser.add_argument("--frame-ms", type=int, default=10)
     parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--placements", type=int, default=400)
+    parser.add_argument("--concurrency", type=int, default=16)
     args = parser.parse_args()
     with private_redis() as redis_url, tempfile.TemporaryDirectory() as folder:
         result = asyncio.run(main_async(args, redis_url, Path(folder)))
