@@ -163,7 +163,7 @@ class ActorRef:
         """Queue a message in order without waiting, ignoring the bound.
 
         For a short notice that a sender must neither block on nor lose (a session telling its model that it
-        ended, from its `on_stop`). Not for a stream of messages: that is what the bound is for.
+        ended, a model answering a session). Not for a stream of messages: that is what the bound is for.
         """
         try:
             self._mailbox.put_signal(Envelope(message))
