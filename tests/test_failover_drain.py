@@ -9,7 +9,7 @@ import sys
 
 import pytest
 from cluster_fixtures import FAST_CLUSTER_ENV, REPO, ProcessGroup, poll_until
-from failover_fixtures import CallRecord, build_call, by_id, run_call, start_cluster, worker_of
+from failover_fixtures import FAILOVER_ENV, CallRecord, build_call, by_id, run_call, start_cluster, worker_of
 
 from dalston.supervisor.redis_registry import RedisRegistry
 from dalston.wer import word_error_rate
@@ -67,3 +67,27 @@ async def test_dalston_drain_of_an_unknown_worker_says_so_and_fails(
     code, output = await dalston_drain("nobody", dalston_processes.redis_url, dalston_processes.key_prefix)
     assert code == 1
     assert "no worker 'nobody'" in output
+
+
+async def test_a_handed_back_call_that_no_other_worker_can_take_goes_on_where_it_was(
+    dalston_processes: ProcessGroup, cluster_registry: RedisRegistry,
+) -> None:
+    worker = dalston_processes.start_worker("only", capacity=2)
+    gateway = dalston_processes.start_gateway(env=FAILOVER_ENV)
+    await dalston_processes.wait_ready(worker, gateway)
+    call = build_call()
+    record = CallRecord()
+
+    async def drain_soon(_session_id: str) -> None:
+        async def later() -> None:
+            await asyncio.sleep(3.0)
+            code, output = await dalston_drain("only", dalston_processes.redis_url, dalston_processes.key_prefix)
+            assert code == 0, output
+
+        asyncio.get_running_loop().create_task(later())
+
+    await run_call(gateway.stream_url, call, record, speed=2.0, on_begin=drain_soon)
+    assert not record.of_type("error") and not record.of_type("session.resumed")
+    assert record.events[-1]["type"] == "session.end"
+    assert word_error_rate(call.transcript, record.events[-1]["transcript"]) <= 0.2
+    assert "gateway.handback_kept" in gateway.log_path.read_text()

@@ -21,7 +21,7 @@ import dataclasses
 import json
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -83,6 +83,8 @@ class GatewaySession(Actor):
         self._progress = asyncio.Event()  # the cursor moved, or the link changed
         self._end_offset: int | None = None  # the client sent `end` after this much audio
         self._client_gone = False
+        self._events: AsyncIterator[str] | None = None  # the current link's events
+        self._expect_begin = False  # a new worker's session.begin is not the client's business
         self._last_event_at = time.monotonic()
         self.moves = 0
         self.outcome = "normal"
@@ -109,8 +111,8 @@ class GatewaySession(Actor):
         reader = self.start_task(self._read_client(), name=f"client:{self.session_id}")
         reason = ExitReason("normal")
         try:
-            while not await self._serve_link():
-                if not await self._move():
+            while (outcome := await self._serve_link()) != "over":
+                if not await self._move(outcome):
                     break
         except SlowConsumer:
             self.outcome = "slow_consumer"
@@ -124,60 +126,68 @@ class GatewaySession(Actor):
                 await self.remote.stop()
             self.stop_self(reason if reason.abnormal else ExitReason("normal", self.outcome))
 
-    async def _serve_link(self) -> bool:
-        """Relay over the current link until it ends; True when the call is over, False to move it."""
+    async def _serve_link(self) -> str:
+        """Relay over the current link until it ends: "over" (the call ended), "lost" or "handback" (move it)."""
+        if self._events is None:  # a new link (one whose handback could not be taken goes on where it was)
+            self._events = self.remote.events()
         pump = self.start_task(self._pump(self.remote), name=f"pump:{self.session_id}")
         try:
-            handed_back = await self._relay_events(self.remote)
+            handed_back = await self._relay_events(self._events)
         finally:
             await cancel_and_wait(pump)
         if self._client_gone or self.client.closed:
             self.outcome = "client_left"
-            return True
+            return "over"
         if handed_back:
             self._log.info("gateway.session_handed_back", worker_id=self.remote.worker_id)
-            return False
+            return "handback"
         if self.remote.exit_reason == LINK_LOST:
             self._log.warning("gateway.link_lost", worker_id=self.remote.worker_id)
-            return False
+            return "lost"
         await self.client.close(self.remote.close_code or 1000)
-        return True
+        return "over"
 
-    async def _relay_events(self, remote: RemoteSessionRef) -> bool:
+    async def _relay_events(self, events: AsyncIterator[str]) -> bool:
         """The worker's events to the client; True if the worker handed the session back."""
-        first = True
-        async for text in remote.events():
+        async for text in events:
             kind, data = _decode(text)
             if kind == HANDBACK:
-                return True
+                return True  # the iterator stays open: if no other worker takes the call, it goes on here
             self._last_event_at = time.monotonic()
-            if first and self.moves and kind == "session.begin":
-                first = False
+            if self._expect_begin and kind == "session.begin":
+                self._expect_begin = False
                 continue  # the client has its session.begin: this is the same session, resumed
-            first = False
+            self._expect_begin = False
             if kind == "transcript.final" and data is not None:
                 self.buffer.final_relayed(RelayedFinal(str(data.get("text", "")), float(data["start"]),
                                                        float(data["end"]), data.get("channel")))
             await self.client.send_text(text)
         return False
 
-    async def _move(self) -> bool:
-        """Place the session on another worker and replay what was kept; False if that could not be done."""
+    async def _move(self, why: str) -> bool:
+        """Place the session on another worker and replay what was kept; False if that could not be done.
+
+        A handed-back session that no other worker takes stays where it was (its worker ends it, finalised,
+        at its drain deadline): no worse than before the drain began.
+        """
         lost = self.remote
         started = time.monotonic()
         silent_s = started - self._last_event_at
-        with contextlib.suppress(ConnectionResetError):
-            await lost.stop()  # a hung or draining worker stops its copy of the session
+        if why == "lost":
+            with contextlib.suppress(ConnectionResetError):
+                await lost.stop()  # a hung worker must not go on with its copy of the session
         self._progress.set()
-        why = "handback" if lost.exit_reason != LINK_LOST else "lost"
         if not self.buffer.movable:
-            return await self._give_up(lost, why, "its audio outgrew the replay buffer")
+            return await self._stay_or_give_up(lost, why, "its audio outgrew the replay buffer")
         resume = ResumeRecord(round(self.buffer.start_s, 6),
                               tuple(ResumedFinal(f.text, f.start_s, f.end_s, f.channel) for f in self.buffer.finals))
         try:
             self.remote = await self._place(self.params, resume, lost.worker_id)
         except ProtocolError as error:
-            return await self._give_up(lost, why, error.message)
+            return await self._stay_or_give_up(lost, why, error.message)
+        self._events, self._expect_begin = None, True
+        with contextlib.suppress(ConnectionResetError):
+            await lost.stop()  # a draining worker's copy of the session stops
         if self._client_gone:
             with contextlib.suppress(ConnectionResetError):
                 await self.remote.stop()
@@ -197,8 +207,11 @@ class GatewaySession(Actor):
         self._wake.set()
         return True
 
-    async def _give_up(self, lost: RemoteSessionRef, why: str, message: str) -> bool:
+    async def _stay_or_give_up(self, lost: RemoteSessionRef, why: str, message: str) -> bool:
         self._metrics.failed(why)
+        if why == "handback" and lost.alive:
+            self._log.warning("gateway.handback_kept", worker_id=lost.worker_id, why=message)
+            return True
         self._log.warning("gateway.worker_lost", worker_id=lost.worker_id, reason=why, why=message)
         self.outcome = "worker_lost"
         await self.client.send_error(ErrorCode.WORKER_LOST,

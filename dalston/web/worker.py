@@ -193,7 +193,6 @@ class _SessionLink:
         self.ws = ws
         self.last_error: ErrorOccurred | None = None
         self.ended = False
-        self.handed_back = False
         self._transport = transport
         self._held: list[ServerEvent] | None = []
 
@@ -204,13 +203,11 @@ class _SessionLink:
             await self.send_event(event)
 
     async def hand_back(self) -> None:
-        """No event of this session reaches the gateway after this: it has moved the session on."""
+        """Ask the gateway to move the session; it closes this link once another worker has it (or, if none
+        can take it, goes on sending audio here until the drain deadline ends the session)."""
         await self._send(json.dumps({"type": HANDBACK}))
-        self.handed_back = True
 
     async def send_event(self, event: ServerEvent) -> None:
-        if self.handed_back:
-            return
         if self._held is not None:
             self._held.append(event)
             return
