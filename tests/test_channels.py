@@ -81,3 +81,44 @@ async def test_a_mono_session_is_unchanged_its_events_carry_no_channel(
     assert errors(run.events) == [] and run.of(FinalTranscribed)
     assert all("channel" not in event.to_json() for event in run.events)
     assert "channels" not in run.end.to_json() and "merged" not in run.end.to_json()
+
+
+class FailingScorer:
+    """A VAD model that breaks after a while (a fault at the VAD interface), to crash its channel's actor."""
+
+    def __init__(self, windows_before_failing: int = 40) -> None:
+        self.windows = 0
+        self._left = windows_before_failing
+
+    def probability(self, window: np.ndarray) -> float:
+        self.windows += 1
+        self._left -= 1
+        if self._left < 0:
+            raise RuntimeError("VAD model failed")
+        return 0.0
+
+    def reset(self) -> None:
+        self.windows = 0
+
+
+async def test_a_channel_whose_actor_crashes_ends_its_session_with_internal_error(
+    tiny_factory: Callable[[], WhisperDecoder],
+) -> None:
+    from speech_fixtures import SessionRun
+
+    from dalston.actors.runtime import spawn
+    from dalston.actors.session import SessionActor
+    from dalston.actors.silero import SpeechSegmenter
+
+    run = await start_session(tiny_factory, StreamParams(interim_results=False))  # for its transcriber
+    await run.finish()
+    crashing = SessionRun(run.transcriber, run.transcriber)
+    crashing.session = await spawn(SessionActor(
+        "crash", StreamParams(channels=2), transcriber=run.transcriber,
+        segmenter=SpeechSegmenter(FailingScorer()), sink=crashing.sink, model_language="en"))
+    assert crashing.session.statistics().extra["channels"] == 2
+    await crashing.push([np.zeros(16000 * 2 * 2, dtype="<i2").tobytes()])  # 2 s of stereo: past 40 windows
+    await crashing.stopped(10)
+    await run.close()
+    assert errors(crashing.events) == ["internal_error"]
+    assert "channel:crash/" in crashing.events[-1].message

@@ -9,6 +9,7 @@ the session (`ChannelHost`).
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -25,10 +26,10 @@ from dalston.actors.protocol import (
     SpeechStarted,
     WordTiming,
 )
-from dalston.actors.runtime import ActorRef
+from dalston.actors.runtime import Actor, ActorDead, ActorRef
 from dalston.actors.silero import SegmenterEvent, SpeechSegmenter
 from dalston.actors.transcriber import CancelDecode, Decoded, DecodeRequest, UtteranceEnded
-from dalston.actors.vad import PauseStarted, SpeechResumed
+from dalston.actors.vad import PauseStarted, SpeechResumed, VadParams
 from dalston.actors.vad import SpeechEnded as VadSpeechEnded
 from dalston.actors.vad import SpeechStarted as VadSpeechStarted
 
@@ -44,6 +45,14 @@ class DecodeOptions:
     prompt: str | None
     interim_results: bool
     partial_interval_ms: int
+
+
+def whisper_prompt(keyterms: tuple[str, ...], prompt: str) -> str | None:
+    """The decoder prompt for a session's vocabulary: Whisper continues the text it is shown, so terms listed
+    there come out spelt that way when they are said (and, short of hallucination, not when they are not)."""
+    parts = [f"{', '.join(keyterms)}." if keyterms else "", prompt]  # a bare list: "Glossary:" did worse
+    text = " ".join(part for part in parts if part)
+    return text or None
 
 
 class ChannelHost(Protocol):
@@ -206,3 +215,147 @@ class Channel:
     @property
     def finished_finals(self) -> tuple[AssembledFinal, ...]:
         return self.assembler.finals
+
+
+# -- the channel as an actor of its session ---------------------------------------------------------------
+
+
+@dataclass(frozen=True, eq=False)
+class ChannelAudio:
+    """16 kHz float32 samples of this channel, in order."""
+
+    samples: np.ndarray
+
+
+@dataclass(frozen=True)
+class FlushChannel:
+    """Finalise the speech buffered so far."""
+
+
+@dataclass(frozen=True)
+class FinishChannel:
+    """No more audio: flush, and report `ChannelDone` once every final is published."""
+
+
+@dataclass(frozen=True)
+class ChannelSettings:
+    """What the channel's decodes carry from now on, and new endpointing (None: unchanged)."""
+
+    options: DecodeOptions
+    vad: VadParams | None = None
+
+
+@dataclass(frozen=True)
+class UseTranscriber:
+    """The model actor was restarted: decode with this one, and again whatever the old one had not answered."""
+
+    transcriber: ActorRef
+
+
+@dataclass(frozen=True, eq=False)
+class ChannelEvent:
+    """An event for the client (the session sends it, so all of a session's events go out one way)."""
+
+    event: ServerEvent
+
+
+@dataclass(frozen=True)
+class ChannelFailed:
+    code: ErrorCode
+    message: str
+
+
+@dataclass(frozen=True)
+class LanguageDetected:
+    language: str
+
+
+@dataclass(frozen=True)
+class ChannelDone:
+    index: int
+    transcript: str
+    finals: tuple[AssembledFinal, ...]
+
+
+class ChannelActor(Actor):
+    """One channel of a session as its own actor, owned and monitored by the session (a crash of it ends the
+    session with `internal_error`; the runtime reaps it with the session). Its decodes go straight to the shared
+    model actor and their answers straight back here; what the client must see goes through the session, told
+    without waiting (`tell_unbounded`), so a session waiting to hand this channel audio never deadlocks with it.
+    """
+
+    mailbox_size = 64
+
+    def __init__(self, index: int, decode_key: str, segmenter: SpeechSegmenter, session: ActorRef,
+                 transcriber: ActorRef, options: DecodeOptions, *, labelled: bool) -> None:
+        self.index = index
+        self._session = session
+        self._transcriber = transcriber
+        self._options = options
+        self._channel = Channel(index if labelled else None, decode_key, segmenter, self)
+        self._next_request = 0
+        self._finishing = False
+        self._done = False
+        self._language_reported = False
+
+    async def receive(self, message: Any) -> None:
+        match message:
+            case ChannelAudio(samples):
+                await self._channel.push(samples)
+            case Decoded():
+                await self._channel.on_decoded(message)
+            case FlushChannel():
+                await self._channel.flush()
+            case FinishChannel():
+                self._finishing = True
+                await self._channel.flush()
+            case ChannelSettings(options, vad):
+                self._options = options
+                if vad is not None:
+                    self._channel.segmenter.machine.retune(vad)
+            case UseTranscriber(transcriber):
+                self._transcriber = transcriber
+                for final in self._channel.finals.unanswered():
+                    await self._channel.submit_final(final)
+            case _:
+                await super().receive(message)
+        self._report_done()
+
+    def _report_done(self) -> None:
+        if self._finishing and not self._done and not self._channel.failed and not len(self._channel.finals):
+            self._done = True
+            assembler = self._channel.assembler
+            self._tell_session(ChannelDone(self.index, assembler.transcript, assembler.finals))
+
+    # -- ChannelHost ----------------------------------------------------------------------------------------
+
+    def decode_options(self) -> DecodeOptions:
+        return self._options
+
+    def new_request_id(self) -> int:
+        self._next_request += 1
+        return self._next_request
+
+    def language_detected(self, language: str) -> None:
+        if not self._language_reported:
+            self._language_reported = True
+            self._tell_session(LanguageDetected(language))
+
+    async def tell_transcriber(self, message: Any) -> None:
+        with contextlib.suppress(ActorDead):  # the session hears of a dead model through its monitor
+            await self._transcriber.tell(message)
+
+    async def emit(self, event: ServerEvent) -> None:
+        self._tell_session(ChannelEvent(event))
+
+    async def fail(self, code: ErrorCode, message: str) -> None:
+        self._tell_session(ChannelFailed(code, message))
+
+    def _tell_session(self, message: Any) -> None:
+        with contextlib.suppress(ActorDead):  # the session is stopping; this channel goes with it
+            self._session.tell_unbounded(message)
+
+    def statistics_extra(self) -> dict[str, Any]:
+        return {"channel": self.index, "in_speech": self._channel.in_speech,
+                "finals_pending": len(self._channel.finals),
+                "audio_s": round(self._channel.segmenter.samples_seen / SAMPLE_RATE, 3)}

@@ -1,8 +1,8 @@
 """SessionActor: one live stream in, interim and final text out (DESIGN §5, §7).
 
-It owns its audio decoder and one `Channel` per audio channel (each with its own VAD segmenter, pending finals and
-assembler); the speech model is shared through a TranscriberActor. It also owns what the client may tune while
-it runs: vocabulary (keyterms, prompt) and endpointing (`configure`), and the idle clock (`keepalive`).
+It owns its audio decoder and one `ChannelActor` per audio channel (its own VAD segmenter, pending finals and
+assembler; spawned and monitored by the session); the model is shared through a TranscriberActor. It owns what the
+client may tune while it runs: vocabulary and endpointing (`configure`), and the idle clock (`keepalive`).
 Events go to an async `sink` (a WebSocket, a link, or a callback of an embedding service).
 The session stops itself after `session.end`, or after an error that ends it; whoever runs it closes the
 client's connection when it stops, with the close code of the last error (`last_error`).
@@ -22,7 +22,20 @@ import numpy as np
 import structlog
 
 from dalston.actors.audio import InvalidAudio, new_decoder
-from dalston.actors.channel import Channel, DecodeOptions
+from dalston.actors.channel import (
+    ChannelActor,
+    ChannelAudio,
+    ChannelDone,
+    ChannelEvent,
+    ChannelFailed,
+    ChannelSettings,
+    DecodeOptions,
+    FinishChannel,
+    FlushChannel,
+    LanguageDetected,
+    UseTranscriber,
+    whisper_prompt,
+)
 from dalston.actors.protocol import (
     ChannelFinal,
     Configure,
@@ -41,9 +54,9 @@ from dalston.actors.protocol import (
     check_vocabulary,
 )
 from dalston.actors.resume import ResumedSession, ResumeRecord
-from dalston.actors.runtime import NORMAL, Actor, ActorDead, ActorRef, Down, ExitReason
+from dalston.actors.runtime import NORMAL, Actor, ActorDead, ActorRef, Down, ExitReason, spawn
 from dalston.actors.silero import SpeechSegmenter
-from dalston.actors.transcriber import CancelSession, Decoded
+from dalston.actors.transcriber import CancelSession
 from dalston.actors.vad import VadParams
 
 log = structlog.get_logger(__name__)
@@ -66,6 +79,7 @@ class _Tick:
     """The session's clock: idle timeout and maximum length are checked on it."""
 
 
+CHANNEL_STOP_S = 1.0  # a channel handles one message at a time; none takes this long
 MIN_ACTIVITY_SAMPLES = SAMPLE_RATE // 50  # 20 ms: less audio in a frame does not count as activity
 
 
@@ -80,14 +94,6 @@ class SessionLimits:
     tick_s: float = 0.5
     transcriber_restart_wait_s: float = 15.0  # how long a session waits for a restarted model
     bounds: SessionBounds = field(default_factory=SessionBounds)  # what `configure` may ask
-
-
-def whisper_prompt(keyterms: tuple[str, ...], prompt: str) -> str | None:
-    """The decoder prompt for a session's vocabulary: Whisper continues the text it is shown, so terms listed
-    there come out spelt that way when they are said (and, short of hallucination, not when they are not)."""
-    parts = [f"{', '.join(keyterms)}." if keyterms else "", prompt]  # a bare list: "Glossary:" did worse
-    text = " ".join(part for part in parts if part)
-    return text or None
 
 
 class SessionActor(Actor):
@@ -126,22 +132,22 @@ class SessionActor(Actor):
         except ValueError as error:
             self._vad_params, self._refusal = segmenter.machine.params, str(error)
         self._vad_source = segmenter.vad
-        self._channels = [self._new_channel(i, segmenter if i == 0 else None) for i in range(params.channels)]
-        self._by_key = {channel.decode_key: channel for channel in self._channels}
-        self._next_request = 0
+        self._segmenters = [self._new_segmenter(segmenter if i == 0 else None) for i in range(params.channels)]
+        mono = params.channels == 1
+        self._decode_keys = [session_id if mono else f"{session_id}/{i}" for i in range(params.channels)]
+        self._channels: list[ActorRef] = []  # started in on_start, one actor per channel
+        self._done: dict[int, ChannelDone] = {}
+        self._samples_in = 0  # per channel, 16 kHz: the session's audio time
         self._ending = False
         self._ended = False
         self._last_activity_at = self._started_at = time.monotonic()
         self.last_error: ErrorOccurred | None = None
 
-    def _new_channel(self, index: int, segmenter: SpeechSegmenter | None) -> Channel:
+    def _new_segmenter(self, segmenter: SpeechSegmenter | None) -> SpeechSegmenter:
         if segmenter is None:  # the same VAD backend, with its own recurrent state
-            segmenter = SpeechSegmenter(type(self._vad_source)(), self._vad_params)
-        else:
-            segmenter.machine.retune(self._vad_params)
-        mono = self.params.channels == 1
-        return Channel(None if mono else index, self.session_id if mono else f"{self.session_id}/{index}",
-                       segmenter, self)
+            return SpeechSegmenter(type(self._vad_source)(), self._vad_params)
+        segmenter.machine.retune(self._vad_params)
+        return segmenter
 
     # -- lifecycle ----------------------------------------------------------------------------------------
 
@@ -154,7 +160,21 @@ class SessionActor(Actor):
         if self._refusal is not None:
             await self.fail(ErrorCode.INVALID_REQUEST, self._refusal)
             return
+        for index, segmenter in enumerate(self._segmenters):
+            # Owned by this session (reaped with it) and monitored: a channel that crashes ends the session.
+            channel = await spawn(ChannelActor(index, self._decode_keys[index], segmenter, self.ref,
+                                               self._transcriber, self.decode_options(),
+                                               labelled=self.params.channels > 1),
+                                  f"channel:{self._decode_keys[index]}")
+            channel.monitor(self.ref)
+            self._channels.append(channel)
         self.start_task(self._tick_forever(), name=f"tick:{self.session_id}")
+
+    async def on_stop(self, reason: ExitReason) -> None:
+        # Bounded (each channel is killed past CHANNEL_STOP_S): the channels end normally before their session,
+        # instead of being killed when the runtime reaps what the session owns (which it reports as a crash).
+        for channel in self._channels:
+            await channel.stop(NORMAL, timeout_s=CHANNEL_STOP_S)
 
     def _settings(self) -> dict[str, Any]:
         """The settings a client may change, as they are now (session.begin and session.configured)."""
@@ -164,7 +184,7 @@ class SessionActor(Actor):
 
     def _cancel_queued_decodes(self, _ref: ActorRef, _reason: ExitReason) -> None:
         with contextlib.suppress(ActorDead):  # never waits: the model actor must not hold up a stopping session
-            for key in self._by_key:
+            for key in self._decode_keys:
                 self._transcriber.tell_unbounded(CancelSession(key))
 
     async def _tick_forever(self) -> None:
@@ -179,14 +199,18 @@ class SessionActor(Actor):
         match message:
             case PushAudio(data):
                 await self._on_audio(data)
-            case Decoded():
-                channel = self._by_key.get(message.session_id)
-                if channel is not None:
-                    await channel.on_decoded(message)
-                    await self._finish_if_done()
+            case ChannelEvent(event):
+                if not self._ended:
+                    await self.emit(event)
+            case ChannelDone(index):
+                self._done[index] = message
+                await self._finish_if_done()
+            case ChannelFailed(code, why):
+                await self.fail(code, why)
+            case LanguageDetected(language):
+                self._language_detected(language)
             case Flush():
-                for channel in self._channels:
-                    await channel.flush()
+                await self._tell_channels(FlushChannel())
             case End():
                 await self._begin_ending()
             case Keepalive():
@@ -197,6 +221,8 @@ class SessionActor(Actor):
                 await self._check_limits()
             case Down(ref) if ref is self._transcriber:
                 await self._on_transcriber_down()
+            case Down(ref, reason) if ref in self._channels:
+                await self.fail(ErrorCode.INTERNAL_ERROR, f"{ref.name} stopped: {reason}")
             case _:
                 await super().receive(message)
 
@@ -209,9 +235,7 @@ class SessionActor(Actor):
         log.warning("session.transcriber_replaced", session_id=self.session_id, transcriber=replacement.name)
         self._transcriber = replacement
         replacement.monitor(self.ref)
-        for channel in self._channels:
-            for final in channel.finals.unanswered():
-                await channel.submit_final(final)
+        await self._tell_channels(UseTranscriber(replacement))
 
     async def _find_replacement(self) -> ActorRef | None:
         if self._find_transcriber is None:
@@ -241,10 +265,15 @@ class SessionActor(Actor):
     async def _push(self, samples: np.ndarray) -> None:
         if samples.shape[1] == 0:
             return
+        self._samples_in += samples.shape[1]
         for channel, row in zip(self._channels, samples, strict=True):
-            await channel.push(row)
-            if self._ended:
-                return
+            with contextlib.suppress(ActorDead):  # a channel that stopped is reported through its Down
+                await channel.tell(ChannelAudio(row))
+
+    async def _tell_channels(self, message: Any) -> None:
+        for channel in self._channels:
+            with contextlib.suppress(ActorDead):
+                await channel.tell(message)
 
     async def _configure(self, message: Configure) -> None:
         """Vocabulary and endpointing for what is said from now on; out of bounds: reported, nothing changed."""
@@ -260,8 +289,7 @@ class SessionActor(Actor):
             return
         self._keyterms, self._prompt = vocabulary["keyterms"], vocabulary["prompt"]
         self._vad_params = vad
-        for channel in self._channels:
-            channel.segmenter.machine.retune(vad)
+        await self._tell_channels(ChannelSettings(self.decode_options(), vad))
         await self.emit(SessionConfigured(self._settings()))
 
     async def _begin_ending(self) -> None:
@@ -274,8 +302,7 @@ class SessionActor(Actor):
             await self.fail(ErrorCode.INVALID_AUDIO, str(error))
             return
         await self._push(tail)
-        for channel in self._channels:
-            await channel.flush()
+        await self._tell_channels(FinishChannel())  # each answers ChannelDone when its last final is out
         await self._finish_if_done()
 
     async def _check_limits(self) -> None:
@@ -312,23 +339,23 @@ class SessionActor(Actor):
             self.stop_self(ExitReason("normal", str(code)))
 
     async def _finish_if_done(self) -> None:
-        if not self._ending or self._ended or any(len(channel.finals) for channel in self._channels):
+        if not self._ending or self._ended or len(self._done) < len(self._channels):
             return
         self._ended = True
-        total = round(self._channels[0].segmenter.samples_seen / SAMPLE_RATE, 3)
-        if len(self._channels) == 1:
-            await self.emit(SessionEnded(self.session_id, total, self._channels[0].assembler.transcript))
+        total = round(self._samples_in / SAMPLE_RATE, 3)
+        done = [self._done[index] for index in range(len(self._channels))]
+        if len(done) == 1:
+            await self.emit(SessionEnded(self.session_id, total, done[0].transcript))
         else:
-            merged = sorted((ChannelFinal(channel.index or 0, round(final.start_s, 3), round(final.end_s, 3),
-                                          final.text)
-                             for channel in self._channels for final in channel.assembler.finals),
+            merged = sorted((ChannelFinal(channel.index, round(final.start_s, 3), round(final.end_s, 3), final.text)
+                             for channel in done for final in channel.finals),
                             key=lambda final: (final.start, final.channel))
             await self.emit(SessionEnded(
                 self.session_id, total, " ".join(final.text for final in merged),
-                channels=tuple(channel.assembler.transcript for channel in self._channels), merged=tuple(merged)))
+                channels=tuple(channel.transcript for channel in done), merged=tuple(merged)))
         self.stop_self(NORMAL)
 
-    # -- what a channel asks of its session ---------------------------------------------------------------
+    # -- what the channels decode with -------------------------------------------------------------------
 
     def decode_options(self) -> DecodeOptions:
         per_utterance = self.params.language_detection == "utterance"
@@ -336,17 +363,13 @@ class SessionActor(Actor):
         return DecodeOptions(self.params.word_timestamps, language, whisper_prompt(self._keyterms, self._prompt),
                              self.params.interim_results, self.limits.partial_interval_ms)
 
-    def language_detected(self, language: str) -> None:
-        if self._detected_language is None:
-            self._detected_language = language  # detected once; later decodes skip detection (~0.6 s on base)
-
-    def new_request_id(self) -> int:
-        self._next_request += 1
-        return self._next_request
-
-    async def tell_transcriber(self, message: Any) -> None:
-        with contextlib.suppress(ActorDead):  # a dead transcriber is reported through its Down message
-            await self._transcriber.tell(message)
+    def _language_detected(self, language: str) -> None:
+        if self._detected_language is None and self.params.language_detection == "session":
+            # Detected once (from the first final of any channel); later decodes skip detection (~0.6 s on base).
+            self._detected_language = language
+            for channel in self._channels:
+                with contextlib.suppress(ActorDead):
+                    channel.tell_unbounded(ChannelSettings(self.decode_options()))
 
     async def emit(self, event: ServerEvent) -> None:
         if self._resumed is not None:
@@ -357,13 +380,15 @@ class SessionActor(Actor):
         await self._sink(event)
 
     def statistics_extra(self) -> dict[str, Any]:
+        channels = [channel.statistics() for channel in self._channels if channel.alive]
         return {
             "session_id": self.session_id,
             "model": self.params.model,
-            "audio_s": round(self._channels[0].segmenter.samples_seen / SAMPLE_RATE, 3),
-            "channels": len(self._channels),
-            "finals_pending": sum(len(channel.finals) for channel in self._channels),
-            "in_speech": any(channel.in_speech for channel in self._channels),
+            "audio_s": round(self._samples_in / SAMPLE_RATE, 3),
+            "channels": len(self._segmenters),
+            # Audio a channel has not taken in yet counts as pending: a final may still come out of it.
+            "finals_pending": sum(c.extra.get("finals_pending", 0) + c.mailbox_depth for c in channels),
+            "in_speech": any(c.extra.get("in_speech", False) for c in channels),
         }
 
 
