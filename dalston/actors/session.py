@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -57,7 +56,7 @@ from dalston.actors.resume import ResumedSession, ResumeRecord
 from dalston.actors.runtime import NORMAL, Actor, ActorDead, ActorRef, Down, ExitReason, spawn
 from dalston.actors.silero import SpeechSegmenter
 from dalston.actors.transcriber import CancelSession
-from dalston.actors.vad import VadParams
+from dalston.actors.vad import with_endpointing
 
 log = structlog.get_logger(__name__)
 
@@ -127,8 +126,8 @@ class SessionActor(Actor):
         self._keyterms, self._prompt = params.keyterms, params.prompt
         self._refusal: str | None = None  # endpointing that cannot work together: refused at start
         try:
-            self._vad_params = _endpointing(segmenter.machine.params, params.min_silence_ms, params.max_segment_s,
-                                            params.vad_threshold)
+            self._vad_params = with_endpointing(segmenter.machine.params, params.min_silence_ms,
+                                                params.max_segment_s, params.vad_threshold)
         except ValueError as error:
             self._vad_params, self._refusal = segmenter.machine.params, str(error)
         self._vad_source = segmenter.vad
@@ -282,8 +281,8 @@ class SessionActor(Actor):
             vocabulary = check_vocabulary(self._keyterms if message.keyterms is None else message.keyterms,
                                           self._prompt if message.prompt is None else message.prompt, bounds)
             check_endpointing(message.min_silence_ms, message.max_segment_s, message.vad_threshold, bounds)
-            vad = _endpointing(self._vad_params, message.min_silence_ms, message.max_segment_s,
-                               message.vad_threshold)
+            vad = with_endpointing(self._vad_params, message.min_silence_ms, message.max_segment_s,
+                                   message.vad_threshold)
         except ValueError as error:
             await self.emit(ErrorOccurred(ErrorCode.INVALID_MESSAGE, f"configure: {error}"))
             return
@@ -390,19 +389,3 @@ class SessionActor(Actor):
             "finals_pending": sum(c.extra.get("finals_pending", 0) + c.mailbox_depth for c in channels),
             "in_speech": any(c.extra.get("in_speech", False) for c in channels),
         }
-
-
-def _endpointing(base: VadParams, min_silence_ms: int | None, max_segment_s: float | None,
-                 threshold: float | None) -> VadParams:
-    """`base` with a client's overrides; ValueError (naming the parameter) if they do not fit together."""
-    changes: dict[str, Any] = {}
-    if min_silence_ms is not None:
-        changes["min_silence_ms"] = min_silence_ms
-    if max_segment_s is not None:
-        changes["max_segment_s"] = max_segment_s
-    if threshold is not None:
-        changes["threshold"] = threshold
-    try:
-        return dataclasses.replace(base, **changes)
-    except ValueError as error:
-        raise ValueError(f"max_segment_s: {error}") from None

@@ -33,9 +33,10 @@ Events:
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from enum import Enum
-from typing import Literal
+from typing import Any, Literal
 
 EndCause = Literal["silence", "max_length", "flush"]
 
@@ -299,3 +300,20 @@ class VadStateMachine:
 
     def _padded_start(self, raw_start: int) -> int:
         return max(raw_start - self.params.pad, self._prev_end, 0)
+
+
+def with_endpointing(base: VadParams, min_silence_ms: int | None, max_segment_s: float | None,
+                     threshold: float | None) -> VadParams:
+    """`base` with a client's endpointing overrides (None: keep them); ValueError naming the parameter if they do
+    not fit together (a segment too short for the silence that ends it)."""
+    changes: dict[str, Any] = {}
+    if min_silence_ms is not None:
+        changes["min_silence_ms"] = min_silence_ms
+    if max_segment_s is not None:
+        changes["max_segment_s"] = max_segment_s
+    if threshold is not None:
+        changes["threshold"] = threshold
+    try:
+        return dataclasses.replace(base, **changes)
+    except ValueError as error:
+        raise ValueError(f"max_segment_s: {error}") from None
