@@ -16,6 +16,7 @@ import signal
 import time
 from collections.abc import Callable
 
+import aiohttp
 import pytest
 from cluster_fixtures import DalstonProcess, ProcessGroup, poll_until
 from failover_fixtures import Call, CallRecord, build_call, by_id, run_call, start_cluster, worker_of
@@ -105,6 +106,10 @@ async def test_a_worker_killed_mid_utterance_costs_the_client_only_a_session_res
     assert_one_whole_call(disturbed, reference, call, moves=1)
     assert_one_whole_call(reference, reference, call, moves=0)
     await no_slot_taken(cluster_registry)
+    async with aiohttp.ClientSession() as http, http.get(gateway.http_url + "/metrics") as response:
+        metrics = await response.text()
+    assert 'dalston_gateway_session_moves_total{reason="lost"} 1.0' in metrics
+    assert 'dalston_gateway_replay_seconds_count{reason="lost"} 1.0' in metrics
 
 
 async def test_a_hung_worker_is_noticed_by_its_silence_and_the_call_moves_on(
