@@ -244,3 +244,12 @@ def test_the_container_readers_take_any_bytes_without_crashing(data):
             reader.finish()
         except ContainerError:
             pass
+
+
+@pytest.mark.parametrize("samples", [16000, 24000, 33333])
+def test_an_ogg_opus_stream_decodes_to_exactly_as_many_samples_as_were_encoded(samples):
+    # The last page's granule position says where the stream ends; the padding of the last Opus frame goes.
+    pcm = tone(16000, samples / 16000)
+    out = decode_all(new_decoder("ogg_opus", 16000, 1 << 22), list(random_frames(encode(pcm, 16000, "ogg_opus"),
+                                                                               random.Random(samples))))
+    assert out.shape == (1, samples)

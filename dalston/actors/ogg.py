@@ -12,6 +12,7 @@ import zlib
 CAPTURE = b"OggS"
 _HEADER = struct.Struct("<4sBBqIIIB")  # capture, version, flags, granule, serial, sequence, crc, segments
 _CONTINUED = 0x01
+_END_OF_STREAM = 0x04
 MAX_BUFFERED_BYTES = 1 << 20  # a page is at most 65,307 bytes; a packet spanning pages stays under this
 
 
@@ -38,6 +39,8 @@ class OggReader:
         self._serial: int | None = None
         self._packet = bytearray()  # a packet continued on the next page
         self.pages = 0
+        self.end_granule: int | None = None
+        """The last page's granule position (for Opus: samples at 48 kHz, pre-skip included), once it is read."""
 
     @property
     def pending_bytes(self) -> int:
@@ -69,7 +72,7 @@ class OggReader:
             raise ContainerError(f"not an Ogg page at byte {self._offset}: expected 'OggS', got {bytes(buffer[:4])!r}")
         if len(buffer) < _HEADER.size:
             return None
-        _, version, flags, _, serial, sequence, crc, segments = _HEADER.unpack_from(buffer)
+        _, version, flags, granule, serial, sequence, crc, segments = _HEADER.unpack_from(buffer)
         if version != 0:
             raise ContainerError(f"Ogg page at byte {self._offset}: unknown version {version}")
         header_size = _HEADER.size + segments
@@ -90,6 +93,8 @@ class OggReader:
             self._serial = serial
         if serial != self._serial:
             return []  # another logical stream (not Opus audio we read)
+        if flags & _END_OF_STREAM:
+            self.end_granule = granule
         return self._packets(page[header_size:], lacing, continued=bool(flags & _CONTINUED))
 
     def _packets(self, body: bytearray, lacing: bytearray, *, continued: bool) -> list[bytes]:

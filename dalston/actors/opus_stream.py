@@ -31,6 +31,8 @@ class OpusStreamDecoder:
         self._codec: av.CodecContext | None = None
         self._stream_channels = 0
         self._pre_skip = 0  # decoder priming samples at 48 kHz to drop (OpusHead)
+        self._stream_pre_skip = 0
+        self._decoded = 0  # samples at 48 kHz kept so far (after pre-skip)
         self._resampler = Resampler(OPUS_RATE, channels)
         self._headers_seen = 0
         self._frames = self._bytes_in = self._samples_out = 0
@@ -48,7 +50,8 @@ class OpusStreamDecoder:
         except ContainerError as error:
             raise InvalidAudio(f"{self.encoding}: {error}") from None
         pieces = [self._decode_packet(packet) for packet in packets]
-        return self._emit(np.concatenate(pieces) if pieces else np.zeros((0, self.channels), np.float32))
+        audio = np.concatenate(pieces) if pieces else np.zeros((0, self.channels), np.float32)
+        return self._emit(self._trim_to_end(audio))
 
     def finish(self) -> np.ndarray:
         """End of stream; raises `InvalidAudio` if it was cut inside a page or block."""
@@ -87,6 +90,14 @@ class OpusStreamDecoder:
             audio, self._pre_skip = audio[dropped:], self._pre_skip - dropped
         return self._mix(audio)
 
+    def _trim_to_end(self, audio: np.ndarray) -> np.ndarray:
+        """Ogg's last page says how many samples the stream holds: drop the padding of its last Opus frame."""
+        end = getattr(self._reader, "end_granule", None)
+        if end is not None:
+            audio = audio[:max(0, end - self._stream_pre_skip - self._decoded)]
+        self._decoded += len(audio)
+        return audio
+
     def _ogg_head(self, packet: bytes) -> bytes:
         if not packet.startswith(b"OpusHead") or len(packet) < _OPUS_HEAD.size:
             raise InvalidAudio("ogg_opus: the stream does not start with an OpusHead packet (is it Opus?)")
@@ -114,7 +125,7 @@ class OpusStreamDecoder:
         codec.layout = {1: "mono", 2: "stereo"}.get(stream_channels, f"{stream_channels}c")
         self._codec = codec
         self._stream_channels = stream_channels
-        self._pre_skip = pre_skip
+        self._pre_skip = self._stream_pre_skip = pre_skip
 
     def _interleaved(self, array: np.ndarray, planar: bool) -> np.ndarray:
         if array.dtype == np.int16:
