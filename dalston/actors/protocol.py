@@ -243,6 +243,21 @@ class SessionConfigured:
 
 
 @dataclass(frozen=True)
+class SessionResumed:
+    """The session moved to another worker (its worker was lost or drained) and goes on: informational.
+    `replayed_s`: the audio replayed to the new worker; `gap_s`: since the last event from the old one."""
+
+    session_id: str
+    replayed_s: float
+    gap_s: float
+    type: str = "session.resumed"
+
+    def to_json(self) -> dict[str, Any]:
+        return {"type": self.type, "session_id": self.session_id, "replayed_s": self.replayed_s,
+                "gap_s": self.gap_s}
+
+
+@dataclass(frozen=True)
 class ErrorOccurred:
     code: ErrorCode
     message: str

@@ -36,6 +36,7 @@ from dalston.actors.protocol import (
     End,
     ErrorCode,
     ProtocolError,
+    SessionResumed,
     StreamParams,
     parse_client_message,
 )
@@ -202,8 +203,8 @@ class GatewaySession(Actor):
         self._log.info("gateway.session_moved", reason=why, from_worker=lost.worker_id,
                        to_worker=self.remote.worker_id, replay_from_s=round(resume.offset_s, 3),
                        replayed_s=round(replayed_s, 3), gap_s=round(gap_s, 3), silent_before_s=round(silent_s, 3))
-        await self.client.send_text(json.dumps({"type": "session.resumed", "session_id": self.session_id,
-                                                "replayed_s": round(replayed_s, 3), "gap_s": round(gap_s, 3)}))
+        resumed = SessionResumed(self.session_id, round(replayed_s, 3), round(gap_s, 3))
+        await self.client.send_text(json.dumps(resumed.to_json()))
         self._wake.set()
         return True
 
@@ -245,6 +246,8 @@ class GatewaySession(Actor):
 
     async def _refuse_frame(self, size: int) -> None:
         self.outcome = "invalid_audio"
+        # The client's mistake, logged once with its code (not as a crash), as the worker's session does.
+        log.warning("gateway.session_ended_by_client_error", code=str(ErrorCode.INVALID_AUDIO), frame_bytes=size)
         await self.client.send_error(ErrorCode.INVALID_AUDIO, f"audio frame of {size} bytes exceeds the limit of "
                                                               f"{self._max_frame_bytes} bytes")
         await self.client.close(ErrorCode.INVALID_AUDIO.close_code or 1007)
