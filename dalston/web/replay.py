@@ -95,10 +95,11 @@ class ReplayBuffer:
         offset = max(offset, self._start)
         until = self._end if until is None else min(until, self._end)
         out: list[bytes] = []
-        position = self._start
+        first, position = self._chunk_at(offset)
         pending = bytearray()
         size = max(self.bytes_per_frame, max_bytes - max_bytes % self.bytes_per_frame)
-        for chunk in self._chunks:
+        for index in range(first, len(self._chunks)):
+            chunk = self._chunks[index]
             if position >= until:
                 break
             chunk_end = position + len(chunk)
@@ -111,6 +112,15 @@ class ReplayBuffer:
         if pending:
             out.append(bytes(pending))
         return out
+
+    def _chunk_at(self, offset: int) -> tuple[int, int]:
+        """The index of the chunk holding `offset`, and that chunk's start; searched from the end, since the
+        live relay always asks for the newest audio (a replay, from the start, walks the whole buffer once)."""
+        index, position = len(self._chunks), self._end
+        while index > 0 and position > offset:
+            index -= 1
+            position -= len(self._chunks[index])
+        return index, position
 
     @property
     def start_offset(self) -> int:
