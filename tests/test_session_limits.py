@@ -9,6 +9,8 @@ from __future__ import annotations
 import asyncio
 import random
 import threading
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import pytest
@@ -28,6 +30,7 @@ from dalston.actors.protocol import (
     End,
     ErrorOccurred,
     FinalTranscribed,
+    PartialTranscribed,
     ServerEvent,
     SessionEnded,
     SpeechEnded,
@@ -251,3 +254,32 @@ async def test_a_session_hands_its_undecoded_final_to_the_model_its_supervisor_r
     assert errors(events) == []
     assert [e.text for e in events if isinstance(e, FinalTranscribed)] == ["some words were said"]
     assert isinstance(events[-1], SessionEnded) and events[-1].transcript == "some words were said"
+
+
+class PrefixRecorder(FakeDecoder):
+    """Decodes through `decode_batch`, as the real model does, and records what each final request carried."""
+
+    max_batch = 1
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.final_prefixes: list[str] = []
+
+    def batch_key(self, samples: int) -> int:
+        return samples
+
+    def decode_batch(self, requests: Sequence[Any], *, beam_size: int | None = None,
+                     defer_redo: bool = False) -> list[Any]:
+        self.final_prefixes += [r.stable_prefix for r in requests if r.final]
+        return [self.decode(r.audio, final=r.final, word_timestamps=False, language=None, offset_s=r.offset_s)
+                for r in requests]
+
+
+async def test_a_final_request_carries_its_utterances_stable_partial_for_the_models_guard() -> None:
+    decoder = PrefixRecorder()
+    run = await start_session(lambda: decoder)
+    await run.push(fixed_chunks(SPEECH.pcm.tobytes(), 3200), pause_s=0.1)  # in real time: partials come
+    await run.finish()
+    await run.close()
+    assert run.of(PartialTranscribed), "no partial: nothing could become stable"
+    assert decoder.final_prefixes and decoder.final_prefixes[-1] == "some words were said"

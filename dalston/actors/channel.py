@@ -17,6 +17,7 @@ import numpy as np
 
 from dalston.actors.assembler import AssembledFinal, PartialStabilizer, TranscriptAssembler
 from dalston.actors.finals import PendingFinal, PendingFinals
+from dalston.actors.partial_pace import PartialPace
 from dalston.actors.protocol import (
     ErrorCode,
     FinalTranscribed,
@@ -85,6 +86,7 @@ class Channel:
         self._utterance = 0  # id of the current (or last) utterance
         self.in_speech = False
         self._samples_at_last_partial = 0
+        self._partial_pace = PartialPace()
         self.failed = False
 
     # -- audio --------------------------------------------------------------------------------------------
@@ -134,7 +136,8 @@ class Channel:
 
     async def _request_final(self, start: int, end: int, item: SegmenterEvent, *, confirmed: bool) -> None:
         assert item.audio is not None
-        final = PendingFinal(self._utterance, self._host.new_request_id(), start, end, confirmed, item.audio)
+        final = PendingFinal(self._utterance, self._host.new_request_id(), start, end, confirmed, item.audio,
+                             stable_prefix=" ".join(self._stabilizer.stable_words))
         self.finals.add(final)
         await self.submit_final(final)
 
@@ -142,20 +145,20 @@ class Channel:
         options = self._host.decode_options()
         await self._host.tell_transcriber(self._request(
             final.utterance_id, final.request_id, final.audio, final.start_sample, final=True,
-            word_timestamps=options.word_timestamps))
+            word_timestamps=options.word_timestamps, stable_prefix=final.stable_prefix))
 
     def _request(self, utterance: int, request_id: int, audio: np.ndarray, start: int, *, final: bool,
-                 word_timestamps: bool = False) -> DecodeRequest:
+                 word_timestamps: bool = False, stable_prefix: str = "") -> DecodeRequest:
         options = self._host.decode_options()
         return DecodeRequest(self.decode_key, utterance, request_id, audio, start / SAMPLE_RATE, final,
                              self._host.ref, word_timestamps=word_timestamps, language=options.language,
-                             prompt=options.prompt)
+                             prompt=options.prompt, stable_prefix=stable_prefix)
 
     async def _maybe_request_partial(self) -> None:
         options = self._host.decode_options()
         if not (options.interim_results and self.in_speech) or self.finals.tentative() is not None:
             return
-        interval = options.partial_interval_ms * SAMPLE_RATE // 1000
+        interval = self._partial_pace.interval_samples(options.partial_interval_ms)
         if self.segmenter.samples_seen - self._samples_at_last_partial < interval:
             return
         utterance = self.segmenter.current_utterance()
@@ -175,6 +178,7 @@ class Channel:
         await self.publish_ready()
 
     async def _on_partial(self, decoded: Decoded) -> None:
+        self._partial_pace.observe(decoded.queued_s, self._host.decode_options().partial_interval_ms)
         if decoded.error or decoded.result is None or decoded.utterance_id != self._utterance:
             return
         if not self.in_speech or self.finals.tentative() is not None:

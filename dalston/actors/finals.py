@@ -25,6 +25,7 @@ class PendingFinal:
     result: Any | None = None
     error: str | None = None
     answered: bool = field(default=False)
+    stable_prefix: str = ""  # the utterance's stable partial when it ended: a final contradicting it is redone
 
 
 _NO_AUDIO = np.zeros(0, dtype=np.float32)
