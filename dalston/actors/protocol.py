@@ -245,10 +245,11 @@ class SessionConfigured:
 @dataclass(frozen=True)
 class SessionResumed:
     """The session moved to another worker (its worker was lost or drained) and goes on: informational.
-    `replayed_s`: the audio replayed to the new worker; `gap_s`: since the last event from the old one."""
+    `replayed_s`: the audio replayed to the new worker (None for an Ogg/WebM stream: replayed from its start, and
+    the gateway does not decode it); `gap_s`: since the last event from the old one."""
 
     session_id: str
-    replayed_s: float
+    replayed_s: float | None
     gap_s: float
     type: str = "session.resumed"
 

@@ -24,9 +24,10 @@ class FailoverMetrics:
                                            "From noticing the loss to the new worker's spawned reply",
                                            ["reason"], registry=registry, buckets=_SECONDS)
 
-    def moved(self, reason: str, replayed_s: float, gap_s: float, placement_s: float) -> None:
+    def moved(self, reason: str, replayed_s: float | None, gap_s: float, placement_s: float) -> None:
         self.moves_total.labels(reason).inc()
-        self.replay_seconds.labels(reason).observe(replayed_s)
+        if replayed_s is not None:  # None: a container stream replayed from its start (not decoded here)
+            self.replay_seconds.labels(reason).observe(replayed_s)
         self.gap_seconds.labels(reason).observe(gap_s)
         self.placement_seconds.labels(reason).observe(placement_s)
 

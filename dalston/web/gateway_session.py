@@ -195,15 +195,16 @@ class GatewaySession(Actor):
             return False
         self.moves += 1
         self._cursor = self.buffer.start_offset
-        replayed_s = self.buffer.time_at(self.buffer.end_offset - self.buffer.start_offset)
+        replayed_s = self.buffer.kept_s if self.buffer.indexed else None  # a container stream: not decoded here
         gap_s = time.monotonic() - self._last_event_at
         if self._end_offset is not None:  # the client had ended: end again, after the replay
             self._controls.appendleft(_Control(self._end_offset, End()))
         self._metrics.moved(why, replayed_s, gap_s, time.monotonic() - started)
         self._log.info("gateway.session_moved", reason=why, from_worker=lost.worker_id,
                        to_worker=self.remote.worker_id, replay_from_s=round(resume.offset_s, 3),
-                       replayed_s=round(replayed_s, 3), gap_s=round(gap_s, 3), silent_before_s=round(silent_s, 3))
-        resumed = SessionResumed(self.session_id, round(replayed_s, 3), round(gap_s, 3))
+                       replayed_s=replayed_s, gap_s=round(gap_s, 3), silent_before_s=round(silent_s, 3))
+        resumed = SessionResumed(self.session_id, None if replayed_s is None else round(replayed_s, 3),
+                                 round(gap_s, 3))
         await self.client.send_text(json.dumps(resumed.to_json()))
         self._wake.set()
         return True
