@@ -226,3 +226,37 @@ async def test_a_rolling_drain_of_every_worker_moves_running_calls_without_an_er
     assert moved >= 2
     assert sum(len(r.of_type("session.resumed")) for r in records) == moved
     await no_slot_taken(cluster_registry)
+
+
+async def test_a_hung_worker_that_wakes_up_leaves_the_moved_calls_record_alone(
+    dalston_processes: ProcessGroup, cluster_registry: RedisRegistry,
+) -> None:
+    gateway, workers = await start_cluster(dalston_processes)
+    call = build_call()
+    record = CallRecord()
+    checked: list[tuple[str, str]] = []  # (woken worker, where the call's record is after it woke)
+
+    async def hang_then_wake(session_id: str) -> None:
+        victim = by_id(workers, await worker_of(cluster_registry, session_id))
+
+        async def later() -> None:
+            await asyncio.sleep(mid_utterance(call))
+            victim.signal(signal.SIGSTOP)
+
+            async def resumed() -> bool:
+                return bool(record.of_type("session.resumed"))
+
+            await poll_until(resumed, "the call moved off the hung worker", timeout_s=30.0)
+            victim.signal(signal.SIGCONT)  # its session now sees its link gone and stops; its slot is released
+            await asyncio.sleep(3.0)
+            assert victim.worker_id is not None
+            checked.append((victim.worker_id, await worker_of(cluster_registry, session_id)))
+
+        asyncio.get_running_loop().create_task(later())
+
+    await run_call(gateway.stream_url, call, record, on_begin=hang_then_wake)
+    assert len(checked) == 1
+    woken, now_on = checked[0]
+    assert now_on != woken  # still active, on the worker it moved to
+    assert not record.of_type("error") and record.events[-1]["type"] == "session.end"
+    await no_slot_taken(cluster_registry)
