@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from dalston.actors.stream_params import SessionBounds
+
 # Shipped inside the package, so an installed wheel finds its defaults without the repository.
 DEFAULT_CONFIG_PATH = Path(__file__).resolve().parent / "dalston.toml"
 
@@ -79,6 +81,8 @@ class SessionConfig:
     max_duration_s: float = 14400.0
     partial_interval_ms: int = 500
     mailbox_size: int = 64
+    tick_s: float = 0.5  # how often the idle timeout and the maximum length are checked
+    transcriber_restart_wait_s: float = 15.0  # how long a session waits for its restarted model
     # What a client may ask per session (query parameters and `configure`).
     min_silence_ms_min: int = 100
     min_silence_ms_max: int = 5000
@@ -89,6 +93,19 @@ class SessionConfig:
     max_keyterms: int = 50
     max_keyterm_chars: int = 50
     max_prompt_chars: int = 500
+
+    @property
+    def bounds(self) -> SessionBounds:
+        """What a client may ask of a session: the gateway checks query parameters against it, the session
+        checks `configure` messages."""
+        return SessionBounds(
+            min_silence_ms=(self.min_silence_ms_min, self.min_silence_ms_max),
+            max_segment_s=(self.max_segment_s_min, self.max_segment_s_max),
+            vad_threshold=(self.vad_threshold_min, self.vad_threshold_max),
+            max_keyterms=self.max_keyterms,
+            max_keyterm_chars=self.max_keyterm_chars,
+            max_prompt_chars=self.max_prompt_chars,
+        )
 
 
 @dataclass(frozen=True)

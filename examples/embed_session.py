@@ -40,10 +40,10 @@ from dalston.actors.protocol import (
     StreamParams,
 )
 from dalston.actors.runtime import ActorRef, spawn
-from dalston.actors.session import PushAudio, SessionActor, SessionLimits
+from dalston.actors.session import PushAudio, SessionActor
 from dalston.actors.speech import decoder_factory, new_segmenter
 from dalston.actors.transcriber import TranscriberActor
-from dalston.config import VadConfig
+from dalston.config import SessionConfig, VadConfig
 from dalston.logs import configure_logging
 
 SAMPLE = Path(__file__).resolve().parent.parent / "dalston" / "data" / "sample.wav"
@@ -85,7 +85,7 @@ async def transcribe_file(transcriber: ActorRef, path: Path, *, realtime: bool =
     sink = Transcript(on_final)
     session = await spawn(SessionActor(
         path.stem, StreamParams(sample_rate=sample_rate, word_timestamps=True), transcriber=transcriber,
-        segmenter=new_segmenter(VadConfig()), sink=sink, limits=SessionLimits(), model_language="en",
+        segmenter=new_segmenter(VadConfig()), sink=sink, limits=SessionConfig(), model_language="en",
     ))
     chunk_samples = sample_rate * CHUNK_MS // 1000
     for at in range(0, len(pcm), chunk_samples):

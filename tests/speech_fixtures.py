@@ -39,10 +39,10 @@ from dalston.actors.protocol import (
     StreamParams,
 )
 from dalston.actors.runtime import ActorRef, spawn
-from dalston.actors.session import PushAudio, SessionActor, SessionLimits
+from dalston.actors.session import PushAudio, SessionActor
 from dalston.actors.speech import new_segmenter
 from dalston.actors.transcriber import TranscriberActor
-from dalston.config import VadConfig
+from dalston.config import SessionConfig, VadConfig
 
 LIBRIVOX_DIR = Path(__file__).parent / "data" / "librivox"
 DATA_DIR = Path(__file__).parent.parent / "dalston" / "data"
@@ -183,7 +183,7 @@ async def start_session(
     load_decoder: Callable[[], object],
     params: StreamParams | None = None,
     *,
-    limits: SessionLimits | None = None,
+    limits: SessionConfig | None = None,
     vad: VadConfig | None = None,
     session_id: str = "s1",
 ) -> SessionRun:
@@ -191,7 +191,7 @@ async def start_session(
     run = SessionRun(transcriber, transcriber)  # the session ref is filled in below, once the sink exists
     run.session = await spawn(SessionActor(
         session_id, params or StreamParams(word_timestamps=True), transcriber=transcriber,
-        segmenter=new_segmenter(vad or VadConfig()), sink=run.sink, limits=limits or SessionLimits(),
+        segmenter=new_segmenter(vad or VadConfig()), sink=run.sink, limits=limits or SessionConfig(),
         model_language="en",
     ))
     return run

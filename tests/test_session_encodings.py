@@ -29,9 +29,9 @@ from speech_synthesis import SENTENCES, needs_flite, synthesise
 from dalston.actors.decoder import WhisperDecoder
 from dalston.actors.protocol import ErrorCode, ErrorOccurred, FinalTranscribed, StreamParams
 from dalston.actors.runtime import spawn
-from dalston.actors.session import SessionActor, SessionLimits
+from dalston.actors.session import SessionActor
 from dalston.actors.speech import new_segmenter
-from dalston.config import VadConfig
+from dalston.config import SessionConfig, VadConfig
 from dalston.wer import corpus_word_error_rate
 
 pytestmark = pytest.mark.slow
@@ -102,7 +102,7 @@ async def test_a_corrupt_opus_page_ends_only_its_own_session_with_invalid_audio(
     bad = SessionRun(good.transcriber, good.transcriber)
     bad.session = await spawn(SessionActor(
         "bad", StreamParams(encoding="ogg_opus"), transcriber=good.transcriber,
-        segmenter=new_segmenter(VadConfig()), sink=bad.sink, limits=SessionLimits(), model_language="en"))
+        segmenter=new_segmenter(VadConfig()), sink=bad.sink, limits=SessionConfig(), model_language="en"))
     stream = bytearray(encode(clip.pcm[: clip.sample_rate * 8], clip.sample_rate, "ogg_opus"))
     stream[len(stream) // 2] ^= 0xFF  # inside some page's payload: its CRC no longer matches
     pcm_frames = list(random_frames(clip.pcm.tobytes(), random.Random(5)))

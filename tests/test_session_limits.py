@@ -38,10 +38,10 @@ from dalston.actors.protocol import (
     StreamParams,
 )
 from dalston.actors.runtime import NORMAL, ActorDead, ActorRef, spawn
-from dalston.actors.session import PushAudio, SessionActor, SessionLimits
+from dalston.actors.session import PushAudio, SessionActor
 from dalston.actors.speech import new_segmenter
 from dalston.actors.transcriber import TranscriberActor
-from dalston.config import VadConfig
+from dalston.config import SessionConfig, VadConfig
 from dalston.supervisor.spec import worker_spec
 from dalston.supervisor.supervisor import start_supervisor
 
@@ -75,7 +75,7 @@ class FakeDecoder:
 
 
 async def test_an_oversize_frame_is_invalid_audio_and_ends_the_session() -> None:
-    run = await start_session(FakeDecoder, limits=SessionLimits(max_frame_bytes=4096))
+    run = await start_session(FakeDecoder, limits=SessionConfig(max_frame_bytes=4096))
     await run.push([SPEECH.pcm[:2048].tobytes()])  # exactly at the bound: accepted
     await run.push([SPEECH.pcm[:2049].tobytes()])
     reason = await run.session.wait_stopped()
@@ -110,7 +110,7 @@ async def test_audio_after_end_is_reported_and_the_session_still_ends_with_its_s
 
 
 async def test_an_idle_session_times_out_and_ends_with_what_it_heard() -> None:
-    run = await start_session(FakeDecoder, limits=SessionLimits(idle_timeout_s=0.3, tick_s=0.05))
+    run = await start_session(FakeDecoder, limits=SessionConfig(idle_timeout_s=0.3, tick_s=0.05))
     await run.push(fixed_chunks(SPEECH.pcm[: len(SPEECH.pcm) // 2].tobytes(), 3200))  # stops mid-sentence
     await run.stopped(timeout_s=5)
     await run.close()
@@ -124,7 +124,7 @@ async def test_an_idle_session_times_out_and_ends_with_what_it_heard() -> None:
 
 
 async def test_a_session_that_never_sends_audio_times_out_too() -> None:
-    run = await start_session(FakeDecoder, limits=SessionLimits(idle_timeout_s=0.3, tick_s=0.05))
+    run = await start_session(FakeDecoder, limits=SessionConfig(idle_timeout_s=0.3, tick_s=0.05))
     await run.stopped(timeout_s=5)
     await run.close()
     assert [e.type for e in run.events] == ["session.begin", "error", "session.end"]
@@ -132,7 +132,7 @@ async def test_a_session_that_never_sends_audio_times_out_too() -> None:
 
 
 async def test_a_session_past_its_maximum_length_times_out_and_ends() -> None:
-    run = await start_session(FakeDecoder, limits=SessionLimits(max_duration_s=1.0, tick_s=0.05))
+    run = await start_session(FakeDecoder, limits=SessionConfig(max_duration_s=1.0, tick_s=0.05))
     try:
         for chunk in fixed_chunks(SPEECH.pcm.tobytes(), 1600):  # 50 ms of audio each, in real time
             await run.push([chunk], pause_s=0.05)
@@ -150,7 +150,7 @@ async def test_a_session_past_its_maximum_length_times_out_and_ends() -> None:
 
 
 async def test_a_trickle_of_tiny_frames_does_not_keep_an_idle_session_alive() -> None:
-    run = await start_session(FakeDecoder, limits=SessionLimits(idle_timeout_s=0.3, tick_s=0.05))
+    run = await start_session(FakeDecoder, limits=SessionConfig(idle_timeout_s=0.3, tick_s=0.05))
     refused_while_trickling = False
     try:
         for _ in range(40):  # 2 bytes (one sample) every 50 ms: 2 s of holding on, no audio to speak of
@@ -165,7 +165,7 @@ async def test_a_trickle_of_tiny_frames_does_not_keep_an_idle_session_alive() ->
 
 
 async def test_the_maximum_length_is_wall_time_not_audio_time() -> None:
-    run = await start_session(FakeDecoder, limits=SessionLimits(max_duration_s=0.5, tick_s=0.05))
+    run = await start_session(FakeDecoder, limits=SessionConfig(max_duration_s=0.5, tick_s=0.05))
     try:
         for _ in range(40):  # 20 ms of audio every 50 ms: far less audio than wall time
             await run.push([bytes(640)], pause_s=0.05)

@@ -23,7 +23,7 @@ from dalston.actors.protocol import (
     SessionConfigured,
     StreamParams,
 )
-from dalston.actors.session import SessionLimits
+from dalston.config import SessionConfig
 from dalston.wer import normalize_words, word_error_rate
 
 pytestmark = [pytest.mark.slow, needs_flite]
@@ -119,7 +119,7 @@ async def test_keepalives_hold_a_silent_session_open_past_the_idle_timeout_and_s
     tiny_factory: Callable[[], WhisperDecoder],
 ) -> None:
     run = await start_session(tiny_factory, StreamParams(interim_results=False),
-                              limits=SessionLimits(idle_timeout_s=IDLE_S, tick_s=0.05))
+                              limits=SessionConfig(idle_timeout_s=IDLE_S, tick_s=0.05))
     deadline = time.monotonic() + 3 * IDLE_S
     while time.monotonic() < deadline:
         await run.session.tell(Keepalive())
@@ -137,7 +137,7 @@ async def test_without_keepalives_the_same_silent_session_times_out(
     tiny_factory: Callable[[], WhisperDecoder],
 ) -> None:
     run = await start_session(tiny_factory, StreamParams(interim_results=False),
-                              limits=SessionLimits(idle_timeout_s=IDLE_S, tick_s=0.05))
+                              limits=SessionConfig(idle_timeout_s=IDLE_S, tick_s=0.05))
     await run.push(fixed_chunks(silence(0.2).tobytes(), 8000))
     await run.stopped(3 * IDLE_S + 5)
     await run.close()

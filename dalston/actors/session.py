@@ -14,7 +14,7 @@ import asyncio
 import contextlib
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -45,7 +45,6 @@ from dalston.actors.protocol import (
     Keepalive,
     ServerEvent,
     SessionBegan,
-    SessionBounds,
     SessionConfigured,
     SessionEnded,
     StreamParams,
@@ -57,6 +56,7 @@ from dalston.actors.runtime import NORMAL, Actor, ActorDead, ActorRef, Down, Exi
 from dalston.actors.silero import SpeechSegmenter
 from dalston.actors.transcriber import CancelSession
 from dalston.actors.vad import with_endpointing
+from dalston.config import SessionConfig
 
 log = structlog.get_logger(__name__)
 
@@ -82,19 +82,6 @@ CHANNEL_STOP_S = 1.0  # a channel handles one message at a time; none takes this
 MIN_ACTIVITY_SAMPLES = SAMPLE_RATE // 50  # 20 ms: less audio in a frame does not count as activity
 
 
-@dataclass(frozen=True)
-class SessionLimits:
-    max_frame_bytes: int = 131072
-    # No audio and no keepalive for this long ends a session. Five minutes: a meeting's long pause (a break, a
-    # screen share) is kept; a client gone silent without closing still frees its slot. Keepalive extends it.
-    idle_timeout_s: float = 300.0
-    max_duration_s: float = 14400.0
-    partial_interval_ms: int = 500
-    tick_s: float = 0.5
-    transcriber_restart_wait_s: float = 15.0  # how long a session waits for a restarted model
-    bounds: SessionBounds = field(default_factory=SessionBounds)  # what `configure` may ask
-
-
 class SessionActor(Actor):
     mailbox_size = 64
 
@@ -106,14 +93,14 @@ class SessionActor(Actor):
         transcriber: ActorRef,
         segmenter: SpeechSegmenter,
         sink: EventSink,
-        limits: SessionLimits | None = None,
+        limits: SessionConfig | None = None,
         model_language: str | None = None,
         find_transcriber: TranscriberLookup | None = None,
         resume: ResumeRecord | None = None,
     ) -> None:
         self.session_id = session_id
         self.params = params
-        self.limits = limits or SessionLimits()
+        self.limits = limits or SessionConfig()  # [session]: limits, bounds, timers
         self._transcriber = transcriber
         self._find_transcriber = find_transcriber
         # A call taken over from another worker: times in the call's session time, no final sent twice.

@@ -16,12 +16,10 @@ import structlog
 
 from dalston.actors.decoder import WhisperDecoder
 from dalston.actors.models import ModelCatalogue
-from dalston.actors.protocol import SessionBounds
-from dalston.actors.session import SessionLimits
 from dalston.actors.silero import SpeechSegmenter
 from dalston.actors.vad import VadParams
 from dalston.actors.vad_backends import new_vad
-from dalston.config import SessionConfig, VadConfig
+from dalston.config import VadConfig
 
 log = structlog.get_logger(__name__)
 
@@ -58,24 +56,3 @@ def new_segmenter(config: VadConfig) -> SpeechSegmenter:
     return SpeechSegmenter(new_vad(config.backend), vad_params(config))
 
 
-def session_limits(config: SessionConfig) -> SessionLimits:
-    return SessionLimits(
-        max_frame_bytes=config.max_frame_bytes,
-        idle_timeout_s=config.idle_timeout_s,
-        max_duration_s=config.max_duration_s,
-        partial_interval_ms=config.partial_interval_ms,
-        bounds=session_bounds(config),
-    )
-
-
-def session_bounds(config: SessionConfig) -> SessionBounds:
-    """What a client may ask of a session, from [session]: the gateway checks query parameters against it, the
-    session checks `configure` messages."""
-    return SessionBounds(
-        min_silence_ms=(config.min_silence_ms_min, config.min_silence_ms_max),
-        max_segment_s=(config.max_segment_s_min, config.max_segment_s_max),
-        vad_threshold=(config.vad_threshold_min, config.vad_threshold_max),
-        max_keyterms=config.max_keyterms,
-        max_keyterm_chars=config.max_keyterm_chars,
-        max_prompt_chars=config.max_prompt_chars,
-    )

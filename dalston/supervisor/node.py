@@ -30,7 +30,7 @@ from dalston.actors.protocol import End, ErrorCode, StreamParams
 from dalston.actors.resume import ResumeRecord
 from dalston.actors.runtime import ActorDead, ActorRef, ExitReason, spawn
 from dalston.actors.session import EventSink, SessionActor
-from dalston.actors.speech import decoder_factory, new_segmenter, session_limits
+from dalston.actors.speech import decoder_factory, new_segmenter
 from dalston.actors.transcriber import Decoder, TranscriberActor
 from dalston.config import Config
 from dalston.supervisor.registry import NodeRegistry, RegistryUnavailable, WorkerIdTaken, WorkerInfo, WorkerStatus
@@ -326,7 +326,7 @@ class WorkerNode:
 
         async def start(restarts: int) -> ActorRef:
             actor = SessionActor(session_id, params, transcriber=transcriber, segmenter=new_segmenter(config.vad),
-                                 sink=sink, limits=session_limits(config.session), model_language=language,
+                                 sink=sink, limits=config.session, model_language=language,
                                  find_transcriber=find_transcriber, resume=resume)
             return await spawn(actor, f"session:{session_id}", mailbox_size=config.session.mailbox_size,
                                restarts=restarts)

@@ -31,7 +31,6 @@ from dalston.actors.protocol import (
 )
 from dalston.actors.resume import ResumeRecord
 from dalston.actors.runtime import ActorDead, ActorRef, spawn
-from dalston.actors.speech import session_bounds
 from dalston.config import Config
 from dalston.logs import bind_context
 from dalston.supervisor.registry import Allocation, NodeRegistry, RegistryError, RegistryUnavailable, SessionInfo
@@ -209,7 +208,7 @@ async def _admit(state: GatewayState, request: web.Request, key: str | None, hol
         raise ProtocolError(ErrorCode.NO_CAPACITY, "this gateway is shutting down; connect again")
     if not state.keys.authorized(key):
         raise ProtocolError(ErrorCode.UNAUTHORIZED, "a valid API key is required")
-    params = parse_stream_params(request.query, session_bounds(state.config.session))
+    params = parse_stream_params(request.query, state.config.session.bounds)
     if params.model not in (await state.models.get()).known:
         raise ProtocolError(ErrorCode.UNSUPPORTED_MODEL, f"no worker serves model {params.model!r}")
     if not await state.keys.acquire(holder, session_id):
