@@ -20,10 +20,10 @@ from pathlib import Path
 
 import numpy as np
 
-from dalston.actors.audio import read_wav
-from dalston.actors.decoder import WhisperDecoder
-from dalston.actors.encoder_window import WindowPolicy
-from dalston.actors.models import ModelCatalogue
+from dalston.actors.speech.audio import read_wav
+from dalston.actors.speech.decoder import WhisperDecoder
+from dalston.actors.speech.encoder_window import WindowPolicy
+from dalston.actors.speech.models import ModelCatalogue
 
 ROOT = Path(__file__).resolve().parent.parent
 CLIPS = ["sense_and_sensibility_01_austen_64kb-0880.wav", "sense_and_sensibility_01_austen_64kb-0930.wav"]

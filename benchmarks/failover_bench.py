@@ -38,8 +38,8 @@ from failover_fixtures import FAILOVER_ENV, Call, CallRecord, build_call, run_ca
 from redis_server import start_redis_server  # noqa: E402
 
 from dalston.config import load_config  # noqa: E402
-from dalston.supervisor.redis_registry import RedisRegistry  # noqa: E402
-from dalston.supervisor.router import percentile  # noqa: E402
+from dalston.supervisor.cluster.redis_registry import RedisRegistry  # noqa: E402
+from dalston.supervisor.cluster.router import percentile  # noqa: E402
 
 BYTES_PER_S = 32000  # 16 kHz s16le mono
 

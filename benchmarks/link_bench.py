@@ -40,11 +40,11 @@ import aiohttp
 import psutil
 from registry_bench import private_redis
 
-from dalston.actors.audio import read_wav
-from dalston.actors.protocol import End, StreamParams
-from dalston.actors.session import PushAudio
+from dalston.actors.speech.audio import read_wav
+from dalston.actors.speech.protocol import End, StreamParams
+from dalston.actors.speech.session import PushAudio
 from dalston.config import load_config
-from dalston.supervisor.router import percentile
+from dalston.supervisor.cluster.router import percentile
 from dalston.web.client import StreamClient, wait_until_ready
 from dalston.web.link import LinkRefused, RemoteSessionRef, open_link
 

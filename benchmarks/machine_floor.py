@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from dalston.actors.audio import read_wav
+from dalston.actors.speech.audio import read_wav
 
 FLOOR_CLIP = Path(__file__).resolve().parent.parent / "tests" / "data" / "librivox" / (
     "sense_and_sensibility_01_austen_64kb-0930.wav")  # 3.3 s, one sentence
@@ -39,7 +39,7 @@ def measure_floor(repeats: int = 5) -> float:
     """F: the median time of one plain 30 s-window decode of one 3-4 s sentence (tiny.en int8, one thread)."""
     from faster_whisper import WhisperModel
 
-    from dalston.actors.models import ModelCatalogue
+    from dalston.actors.speech.models import ModelCatalogue
 
     model = WhisperModel(str(ModelCatalogue.default().resolve("fast").path), device="cpu", compute_type="int8",
                          cpu_threads=1, local_files_only=True)

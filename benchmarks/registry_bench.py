@@ -35,9 +35,9 @@ from functools import partial
 import redis
 import redis.asyncio as aioredis
 
-from dalston.supervisor.redis_registry import RedisRegistry
-from dalston.supervisor.registry import SessionInfo, WorkerInfo
-from dalston.supervisor.router import percentile
+from dalston.supervisor.cluster.redis_registry import RedisRegistry
+from dalston.supervisor.cluster.registry import SessionInfo, WorkerInfo
+from dalston.supervisor.cluster.router import percentile
 
 LIVENESS_TTL_S = 30.0
 _HEARTBEAT_LANES = 16

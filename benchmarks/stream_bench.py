@@ -42,8 +42,8 @@ import numpy as np
 import psutil
 from machine_floor import Floor, endpointing_silence_s, measure_floor
 
-from dalston.actors.audio import read_wav
-from dalston.supervisor.router import percentile
+from dalston.actors.speech.audio import read_wav
+from dalston.supervisor.cluster.router import percentile
 from dalston.web.client import StreamClient, wait_until_ready
 from dalston.wer import edit_distance, normalize_words, word_error_rate
 
@@ -94,8 +94,8 @@ def build_conversation() -> Conversation:
 
 def with_word_times(conversation: Conversation) -> Conversation:
     """Word end times from decoding each utterance offline with the same model (for partial latency)."""
-    from dalston.actors.models import ModelCatalogue
-    from dalston.actors.speech import decoder_factory
+    from dalston.actors.speech.factory import decoder_factory
+    from dalston.actors.speech.models import ModelCatalogue
     from dalston.config import load_config
 
     decoder = decoder_factory(ModelCatalogue.from_config(load_config().models), "fast")()

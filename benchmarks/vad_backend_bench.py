@@ -16,9 +16,9 @@ from pathlib import Path
 
 import numpy as np
 
-from dalston.actors.audio import pcm16_to_float32, read_wav
-from dalston.actors.silero import WINDOW_SAMPLES
-from dalston.actors.vad_backends import new_vad
+from dalston.actors.speech.audio import pcm16_to_float32, read_wav
+from dalston.actors.speech.silero import WINDOW_SAMPLES
+from dalston.actors.speech.vad_backends import new_vad
 
 LIBRIVOX = Path(__file__).resolve().parent.parent / "tests" / "data" / "librivox"
 

@@ -18,9 +18,9 @@ import faster_whisper
 import numpy as np
 import onnxruntime
 
-from dalston.actors.audio import pcm16_to_float32, read_wav
-from dalston.actors.silero import CONTEXT_SAMPLES, WINDOW_SAMPLES, SileroVad, SpeechSegmenter
-from dalston.actors.vad import SpeechEnded, SpeechStarted
+from dalston.actors.speech.audio import pcm16_to_float32, read_wav
+from dalston.actors.speech.silero import CONTEXT_SAMPLES, WINDOW_SAMPLES, SileroVad, SpeechSegmenter
+from dalston.actors.speech.vad import SpeechEnded, SpeechStarted
 
 ROOT = Path(__file__).resolve().parent.parent
 FASTER_WHISPER_MODEL = Path(faster_whisper.__file__).parent / "assets" / "silero_vad_v6.onnx"

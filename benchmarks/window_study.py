@@ -33,11 +33,11 @@ from pathlib import Path
 import numpy as np
 import soxr
 
-from dalston.actors.audio import read_wav
-from dalston.actors.decoder import DecodeResult, WhisperDecoder
-from dalston.actors.encoder_window import WindowPolicy
-from dalston.actors.models import ModelCatalogue
-from dalston.supervisor.router import percentile
+from dalston.actors.speech.audio import read_wav
+from dalston.actors.speech.decoder import DecodeResult, WhisperDecoder
+from dalston.actors.speech.encoder_window import WindowPolicy
+from dalston.actors.speech.models import ModelCatalogue
+from dalston.supervisor.cluster.router import percentile
 from dalston.wer import corpus_word_error_rate
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -9,7 +9,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from dalston.actors.protocol import ENCODINGS
+from dalston.actors.speech.protocol import ENCODINGS
 from dalston.config import Config, ConfigError, load_config
 from dalston.logs import configure_logging
 

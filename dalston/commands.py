@@ -13,13 +13,13 @@ import aiohttp
 import numpy as np
 import soxr
 
-from dalston.actors.audio import read_wav_channels
+from dalston.actors.speech.audio import read_wav_channels
 from dalston.config import Config
 from dalston.web.client import StreamClient
 
 
 async def run_server(command: str, config: Config) -> int:
-    from dalston.supervisor.registry import WorkerIdTaken
+    from dalston.supervisor.cluster.registry import WorkerIdTaken
     from dalston.web.server import NodeFailed, UnsafeBind, run_gateway, run_worker, serve
 
     runner = {"serve": serve, "gateway": run_gateway, "worker": run_worker}[command]

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from dalston.actors.stream_params import SessionBounds
+from dalston.actors.speech.stream_params import SessionBounds
 
 # Shipped inside the package, so an installed wheel finds its defaults without the repository.
 DEFAULT_CONFIG_PATH = Path(__file__).resolve().parent / "dalston.toml"

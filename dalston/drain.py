@@ -14,7 +14,7 @@ import aiohttp
 
 from dalston.config import load_config
 from dalston.inspect import open_registry
-from dalston.supervisor.registry import RegistryUnavailable, WorkerStatus
+from dalston.supervisor.cluster.registry import RegistryUnavailable, WorkerStatus
 from dalston.web.introspection import link_headers
 
 DRAIN_PATH = "/v1/drain"  # the worker's endpoint (dalston.web.worker)

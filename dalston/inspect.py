@@ -20,8 +20,8 @@ from rich.text import Text
 from rich.tree import Tree
 
 from dalston.config import load_config
-from dalston.supervisor.redis_registry import RedisRegistry
-from dalston.supervisor.registry import RegistryUnavailable, WorkerRecord
+from dalston.supervisor.cluster.redis_registry import RedisRegistry
+from dalston.supervisor.cluster.registry import RegistryUnavailable, WorkerRecord
 from dalston.web.introspection import (
     WorkerTree,
     cluster_trees,

@@ -10,7 +10,7 @@ The parts, and what each one is for:
    process; it queues their decodes (finals before partials) on its own thread pool, off the event loop.
 2. A `SessionActor` per live stream owns the stream's PCM decoder, voice activity detector and transcript.
    Its `sink` is an async callback that receives every event as a frozen dataclass from
-   `dalston.actors.protocol` (`FinalTranscribed`, `PartialTranscribed`, `SessionEnded`, `ErrorOccurred`, ...);
+   `dalston.actors.speech.protocol` (`FinalTranscribed`, `PartialTranscribed`, `SessionEnded`, `ErrorOccurred`, ...);
    `event.to_json()` gives the same JSON a WebSocket client would get.
 3. Audio goes in as raw s16le PCM bytes, in chunks of any size, at the rate named in `StreamParams`:
    `await session.tell(PushAudio(chunk))`. The session's mailbox is bounded: `tell` waits while it is full
@@ -29,9 +29,11 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from dalston.actors.audio import read_wav
-from dalston.actors.models import ModelCatalogue
-from dalston.actors.protocol import (
+from dalston.actors.runtime import ActorRef, spawn
+from dalston.actors.speech.audio import read_wav
+from dalston.actors.speech.factory import decoder_factory, new_segmenter
+from dalston.actors.speech.models import ModelCatalogue
+from dalston.actors.speech.protocol import (
     End,
     ErrorOccurred,
     FinalTranscribed,
@@ -39,10 +41,8 @@ from dalston.actors.protocol import (
     SessionEnded,
     StreamParams,
 )
-from dalston.actors.runtime import ActorRef, spawn
-from dalston.actors.session import PushAudio, SessionActor
-from dalston.actors.speech import decoder_factory, new_segmenter
-from dalston.actors.transcriber import TranscriberActor
+from dalston.actors.speech.session import PushAudio, SessionActor
+from dalston.actors.speech.transcriber import TranscriberActor
 from dalston.config import SessionConfig, VadConfig
 from dalston.logs import configure_logging
 

@@ -31,8 +31,8 @@ import numpy as np
 import pytest
 from redis_server import free_port
 
-from dalston.actors.audio import read_wav
-from dalston.supervisor.redis_registry import RedisRegistry
+from dalston.actors.speech.audio import read_wav
+from dalston.supervisor.cluster.redis_registry import RedisRegistry
 from dalston.web.client import StreamClient
 
 if TYPE_CHECKING:

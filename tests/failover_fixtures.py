@@ -18,7 +18,7 @@ import numpy as np
 import soxr
 from cluster_fixtures import DalstonProcess, ProcessGroup, load_clip, next_event
 
-from dalston.supervisor.redis_registry import RedisRegistry
+from dalston.supervisor.cluster.redis_registry import RedisRegistry
 from dalston.web.client import StreamClient
 
 CLIP_STEMS = ("0870", "0880", "0890", "0920", "0930")

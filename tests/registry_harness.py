@@ -13,9 +13,9 @@ from contextlib import asynccontextmanager
 import pytest
 import redis.asyncio as aioredis
 
-from dalston.supervisor.memory_registry import MemoryRegistry
-from dalston.supervisor.redis_registry import RedisRegistry, hash_tagged
-from dalston.supervisor.registry import NodeRegistry
+from dalston.supervisor.cluster.memory_registry import MemoryRegistry
+from dalston.supervisor.cluster.redis_registry import RedisRegistry, hash_tagged
+from dalston.supervisor.cluster.registry import NodeRegistry
 
 LIVENESS_TTL_S = 30.0
 

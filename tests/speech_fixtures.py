@@ -23,10 +23,12 @@ import numpy as np
 import pytest
 import soxr
 
-from dalston.actors.audio import read_wav
-from dalston.actors.decoder import WhisperDecoder
-from dalston.actors.models import ModelCatalogue
-from dalston.actors.protocol import (
+from dalston.actors.runtime import ActorRef, spawn
+from dalston.actors.speech.audio import read_wav
+from dalston.actors.speech.decoder import WhisperDecoder
+from dalston.actors.speech.factory import new_segmenter
+from dalston.actors.speech.models import ModelCatalogue
+from dalston.actors.speech.protocol import (
     End,
     ErrorOccurred,
     FinalTranscribed,
@@ -38,10 +40,8 @@ from dalston.actors.protocol import (
     SpeechStarted,
     StreamParams,
 )
-from dalston.actors.runtime import ActorRef, spawn
-from dalston.actors.session import PushAudio, SessionActor
-from dalston.actors.speech import new_segmenter
-from dalston.actors.transcriber import TranscriberActor
+from dalston.actors.speech.session import PushAudio, SessionActor
+from dalston.actors.speech.transcriber import TranscriberActor
 from dalston.config import SessionConfig, VadConfig
 
 LIBRIVOX_DIR = Path(__file__).parent / "data" / "librivox"

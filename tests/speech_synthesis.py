@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from speech_fixtures import Clip
 
-from dalston.actors.audio import read_wav
+from dalston.actors.speech.audio import read_wav
 
 SAMPLE_RATE = 16000
 

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dalston.actors.assembler import (
+from dalston.actors.speech.assembler import (
     FinalOutOfOrder,
     PartialStabilizer,
     TranscriptAssembler,

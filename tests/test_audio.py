@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dalston.actors.audio import AudioDecoder, InvalidAudio, PcmDecoder, UnsupportedSampleRate, read_wav
+from dalston.actors.speech.audio import AudioDecoder, InvalidAudio, PcmDecoder, UnsupportedSampleRate, read_wav
 
 LIBRIVOX = sorted((Path(__file__).parent / "data" / "librivox").glob("*.wav"))
 

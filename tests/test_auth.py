@@ -8,8 +8,8 @@ import asyncio
 from aiohttp.test_utils import make_mocked_request
 from redis_server import RedisServer
 
-from dalston.supervisor.memory_registry import MemoryRegistry
-from dalston.supervisor.redis_registry import RedisRegistry
+from dalston.supervisor.cluster.memory_registry import MemoryRegistry
+from dalston.supervisor.cluster.redis_registry import RedisRegistry
 from dalston.web.auth import ANONYMOUS, ApiKeys
 
 

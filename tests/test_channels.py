@@ -15,8 +15,8 @@ from audio_encoders import encode, random_frames
 from speech_fixtures import Clip, check_event_order, errors, start_session
 from speech_synthesis import joined, needs_flite, synthesise
 
-from dalston.actors.decoder import WhisperDecoder
-from dalston.actors.protocol import FinalTranscribed, SpeechEnded, SpeechStarted, StreamParams
+from dalston.actors.speech.decoder import WhisperDecoder
+from dalston.actors.speech.protocol import FinalTranscribed, SpeechEnded, SpeechStarted, StreamParams
 from dalston.wer import normalize_words, word_error_rate
 
 pytestmark = [pytest.mark.slow, needs_flite]
@@ -107,8 +107,8 @@ async def test_a_channel_whose_actor_crashes_ends_its_session_with_internal_erro
     from speech_fixtures import SessionRun
 
     from dalston.actors.runtime import spawn
-    from dalston.actors.session import SessionActor
-    from dalston.actors.silero import SpeechSegmenter
+    from dalston.actors.speech.session import SessionActor
+    from dalston.actors.speech.silero import SpeechSegmenter
 
     run = await start_session(tiny_factory, StreamParams(interim_results=False))  # for its transcriber
     await run.finish()

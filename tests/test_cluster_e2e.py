@@ -23,8 +23,8 @@ from cluster_fixtures import (
 )
 
 from dalston.config import NodeConfig
-from dalston.supervisor.redis_registry import RedisRegistry
-from dalston.supervisor.registry import SessionStatus, WorkerRecord, WorkerStatus
+from dalston.supervisor.cluster.redis_registry import RedisRegistry
+from dalston.supervisor.cluster.registry import SessionStatus, WorkerRecord, WorkerStatus
 from dalston.web.client import StreamClient
 from dalston.web.introspection import link_headers
 from dalston.wer import word_error_rate

@@ -17,8 +17,8 @@ from cluster_fixtures import ProcessGroup, load_clip, next_event, of_type, poll_
 from redis_server import free_port
 
 from dalston.config import NodeConfig
-from dalston.supervisor.redis_registry import RedisRegistry
-from dalston.supervisor.registry import SessionInfo, WorkerInfo
+from dalston.supervisor.cluster.redis_registry import RedisRegistry
+from dalston.supervisor.cluster.registry import SessionInfo, WorkerInfo
 from dalston.web.client import StreamClient
 from dalston.web.introspection import link_headers
 

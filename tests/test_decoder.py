@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from dalston.actors.decoder import (
+from dalston.actors.speech.decoder import (
     SAMPLE_RATE,
     DecodedSegment,
     GuardOptions,
@@ -25,8 +25,8 @@ from dalston.actors.decoder import (
     is_made_up,
     repeat_kept_indices,
 )
-from dalston.actors.encoder_window import WindowPolicy, window_frames
-from dalston.actors.models import ModelCatalogue
+from dalston.actors.speech.encoder_window import WindowPolicy, window_frames
+from dalston.actors.speech.models import ModelCatalogue
 from dalston.wer import corpus_word_error_rate, word_error_rate, word_key
 
 CLIPS = sorted((Path(__file__).parent / "data" / "librivox").glob("*.wav"))

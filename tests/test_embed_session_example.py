@@ -10,7 +10,7 @@ from types import ModuleType
 
 import pytest
 
-from dalston.actors.protocol import FinalTranscribed
+from dalston.actors.speech.protocol import FinalTranscribed
 from dalston.wer import word_error_rate
 
 pytestmark = pytest.mark.slow

@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from dalston.actors.encoder_window import (
+from dalston.actors.speech.encoder_window import (
     FRAMES_PER_S,
     FULL_WINDOW_FRAMES,
     WindowPolicy,
@@ -15,7 +15,7 @@ from dalston.actors.encoder_window import (
     fit_features,
     window_frames,
 )
-from dalston.actors.output_guard import (
+from dalston.actors.speech.output_guard import (
     DegenerateLimits,
     TokenSegment,
     cut_after_end,

@@ -16,10 +16,10 @@ from audio_encoders import encode, random_frames
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dalston.actors import g711
-from dalston.actors.audio import InvalidAudio, PcmDecoder, new_decoder
-from dalston.actors.ogg import ContainerError, OggReader, ogg_crc
-from dalston.actors.webm import WebmReader
+from dalston.actors.speech import g711
+from dalston.actors.speech.audio import InvalidAudio, PcmDecoder, new_decoder
+from dalston.actors.speech.ogg import ContainerError, OggReader, ogg_crc
+from dalston.actors.speech.webm import WebmReader
 
 
 def decode_all(decoder, frames) -> np.ndarray:

@@ -14,7 +14,7 @@ import pytest
 from cluster_fixtures import DalstonProcess, ProcessGroup, poll_until
 from failover_fixtures import CallRecord, build_call, run_call, start_cluster
 
-from dalston.supervisor.redis_registry import RedisRegistry
+from dalston.supervisor.cluster.redis_registry import RedisRegistry
 from dalston.wer import word_error_rate
 
 pytestmark = pytest.mark.slow

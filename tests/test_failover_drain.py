@@ -11,7 +11,7 @@ import pytest
 from cluster_fixtures import FAST_CLUSTER_ENV, REPO, ProcessGroup, poll_until
 from failover_fixtures import FAILOVER_ENV, CallRecord, build_call, by_id, run_call, start_cluster, worker_of
 
-from dalston.supervisor.redis_registry import RedisRegistry
+from dalston.supervisor.cluster.redis_registry import RedisRegistry
 from dalston.wer import word_error_rate
 
 pytestmark = pytest.mark.slow

@@ -1,5 +1,5 @@
 """A session that resumes a call on a new worker: its events in the call's session time, no final twice, and
-`session.end` with the whole call (dalston.actors.resume, pure), and the resume record on the link."""
+`session.end` with the whole call (dalston.actors.speech.resume, pure), and the resume record on the link."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import itertools
 from hypothesis import given
 from hypothesis import strategies as st
 
-from dalston.actors.protocol import (
+from dalston.actors.speech.protocol import (
     FinalTranscribed,
     PartialTranscribed,
     SessionEnded,
@@ -16,7 +16,7 @@ from dalston.actors.protocol import (
     StreamParams,
     WordTiming,
 )
-from dalston.actors.resume import ResumedFinal, ResumedSession, ResumeRecord
+from dalston.actors.speech.resume import ResumedFinal, ResumedSession, ResumeRecord
 from dalston.web.link_protocol import Spawn
 
 EARLIER = (ResumedFinal("one two", 0.5, 2.0), ResumedFinal("three", 2.5, 4.0))

@@ -16,8 +16,8 @@ from cluster_fixtures import next_event
 from redis_server import RedisServer
 
 from dalston.config import load_config
-from dalston.supervisor.redis_registry import RedisRegistry
-from dalston.supervisor.registry import WorkerInfo
+from dalston.supervisor.cluster.redis_registry import RedisRegistry
+from dalston.supervisor.cluster.registry import WorkerInfo
 from dalston.web.client import StreamClient
 from dalston.web.gateway import STREAM_PATH, create_gateway_app
 from dalston.web.server import start_site

@@ -22,7 +22,7 @@ from cluster_fixtures import DalstonProcess, ProcessGroup, load_clip, next_event
 from test_metrics import running_worker
 
 from dalston.config import load_config
-from dalston.supervisor.memory_registry import MemoryRegistry
+from dalston.supervisor.cluster.memory_registry import MemoryRegistry
 from dalston.web.client import StreamClient
 from dalston.web.gateway import create_gateway_app
 from dalston.web.server import start_site

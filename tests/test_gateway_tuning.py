@@ -21,7 +21,7 @@ import pytest
 from cluster_fixtures import DalstonProcess, ProcessGroup, of_type, stream_to_end
 from speech_synthesis import joined, needs_flite, synthesise
 
-from dalston.actors.audio import read_wav
+from dalston.actors.speech.audio import read_wav
 from dalston.web.client import StreamClient, encode_samples
 from dalston.wer import normalize_words, word_error_rate
 

@@ -12,9 +12,9 @@ from test_metrics import open_session, running_worker
 
 from dalston import cli, commands
 from dalston.inspect import http_base, show_trees, show_workers
-from dalston.supervisor.memory_registry import MemoryRegistry
-from dalston.supervisor.redis_registry import RedisRegistry
-from dalston.supervisor.registry import WorkerInfo
+from dalston.supervisor.cluster.memory_registry import MemoryRegistry
+from dalston.supervisor.cluster.redis_registry import RedisRegistry
+from dalston.supervisor.cluster.registry import WorkerInfo
 
 if TYPE_CHECKING:
     from redis_server import RedisServer

@@ -22,14 +22,14 @@ import soxr
 from speech_fixtures import Clip, SessionRun, check_event_order, errors, fixed_chunks
 from speech_synthesis import joined, needs_flite, synthesise
 
-from dalston.actors.audio import read_wav
-from dalston.actors.decoder import WhisperDecoder
-from dalston.actors.models import ModelCatalogue
-from dalston.actors.protocol import FinalTranscribed, StreamParams
 from dalston.actors.runtime import spawn
-from dalston.actors.session import SessionActor
-from dalston.actors.speech import new_segmenter
-from dalston.actors.transcriber import TranscriberActor
+from dalston.actors.speech.audio import read_wav
+from dalston.actors.speech.decoder import WhisperDecoder
+from dalston.actors.speech.factory import new_segmenter
+from dalston.actors.speech.models import ModelCatalogue
+from dalston.actors.speech.protocol import FinalTranscribed, StreamParams
+from dalston.actors.speech.session import SessionActor
+from dalston.actors.speech.transcriber import TranscriberActor
 from dalston.config import VadConfig
 
 pytestmark = [pytest.mark.slow, needs_flite,

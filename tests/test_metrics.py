@@ -14,14 +14,14 @@ import aiohttp
 import numpy as np
 from prometheus_client.parser import text_string_to_metric_families
 
-from dalston.actors.audio import read_wav
-from dalston.actors.decoder import DecodedSegment, DecodeResult
-from dalston.actors.protocol import End, StreamParams
-from dalston.actors.session import PushAudio
+from dalston.actors.speech.audio import read_wav
+from dalston.actors.speech.decoder import DecodedSegment, DecodeResult
+from dalston.actors.speech.protocol import End, StreamParams
+from dalston.actors.speech.session import PushAudio
 from dalston.config import NodeConfig, load_config
-from dalston.supervisor.memory_registry import MemoryRegistry
-from dalston.supervisor.node import WorkerNode
-from dalston.supervisor.registry import NodeRegistry
+from dalston.supervisor.cluster.memory_registry import MemoryRegistry
+from dalston.supervisor.cluster.node import WorkerNode
+from dalston.supervisor.cluster.registry import NodeRegistry
 from dalston.web.introspection import link_headers
 from dalston.web.link import LinkRefused, RemoteSessionRef, open_link
 from dalston.web.server import start_site

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from dalston.actors.models import (
+from dalston.actors.speech.models import (
     BASE_SHA256,
     TINY_EN_SHA256,
     ModelCatalogue,
@@ -159,7 +159,7 @@ def test_the_encoder_window_and_batch_size_are_set_per_model() -> None:
 
 
 def test_a_batch_holds_fewer_long_windows_than_short_ones(tmp_path: Path) -> None:
-    from dalston.actors.decoder import WhisperDecoder
+    from dalston.actors.speech.decoder import WhisperDecoder
 
     decoder = WhisperDecoder(ModelCatalogue.default(cache_dir=tmp_path).resolve("fast"))
     assert decoder.batch_limit(500) == decoder.max_batch == 8

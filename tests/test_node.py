@@ -14,11 +14,11 @@ from cluster_fixtures import ProcessGroup, poll_until
 from redis_server import RedisServer
 from test_metrics import FixedTextDecoder
 
-from dalston.actors.protocol import ErrorCode, ServerEvent, StreamParams
+from dalston.actors.speech.protocol import ErrorCode, ServerEvent, StreamParams
 from dalston.config import load_config
-from dalston.supervisor.node import SpawnRefused, WorkerNode
-from dalston.supervisor.redis_registry import RedisRegistry
-from dalston.supervisor.registry import WorkerRecord, WorkerStatus
+from dalston.supervisor.cluster.node import SpawnRefused, WorkerNode
+from dalston.supervisor.cluster.redis_registry import RedisRegistry
+from dalston.supervisor.cluster.registry import WorkerRecord, WorkerStatus
 from dalston.web.link_protocol import LINK_PATH, TOKEN_HEADER, Spawn, bearer
 from dalston.web.server import UnsafeBind, check_worker_bind, start_site, worker_endpoint
 from dalston.web.worker import create_worker_app
@@ -163,7 +163,7 @@ from pathlib import Path
 sys.path.insert(0, {tests!r})
 from test_node import LoadsOnce
 from dalston import cli
-from dalston.supervisor import node as node_module
+from dalston.supervisor.cluster import node as node_module
 
 trigger = Path({trigger!r})
 original_start = node_module.WorkerNode.start

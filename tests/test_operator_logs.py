@@ -14,13 +14,13 @@ import pytest
 import structlog
 from test_metrics import FixedTextDecoder, running_worker
 
-from dalston.actors.protocol import StreamParams
 from dalston.actors.runtime import spawn
-from dalston.actors.session import PushAudio, SessionActor
-from dalston.actors.silero import SileroVad, SpeechSegmenter
-from dalston.actors.transcriber import TranscriberActor
+from dalston.actors.speech.protocol import StreamParams
+from dalston.actors.speech.session import PushAudio, SessionActor
+from dalston.actors.speech.silero import SileroVad, SpeechSegmenter
+from dalston.actors.speech.transcriber import TranscriberActor
 from dalston.config import load_config
-from dalston.supervisor.memory_registry import MemoryRegistry
+from dalston.supervisor.cluster.memory_registry import MemoryRegistry
 from dalston.web.client import StreamClient
 from dalston.web.gateway import STREAM_PATH, create_gateway_app
 from dalston.web.server import start_site

@@ -22,8 +22,8 @@ from selenium.webdriver.support.ui import WebDriverWait
 from test_metrics import running_worker
 
 from dalston.config import load_config
-from dalston.supervisor.memory_registry import MemoryRegistry
-from dalston.supervisor.node import WorkerNode
+from dalston.supervisor.cluster.memory_registry import MemoryRegistry
+from dalston.supervisor.cluster.node import WorkerNode
 from dalston.web.client import StreamClient
 from dalston.web.gateway import STREAM_PATH, create_gateway_app
 from dalston.web.server import start_site

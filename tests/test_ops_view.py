@@ -7,7 +7,7 @@ from typing import Any
 from hypothesis import given
 from hypothesis import strategies as st
 
-from dalston.supervisor.registry import WorkerRecord, WorkerStatus
+from dalston.supervisor.cluster.registry import WorkerRecord, WorkerStatus
 from dalston.web.introspection import WorkerTree
 from dalston.web.ops_view import BUCKETS_S, build_snapshot, final_latency
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from dalston.actors.partial_pace import MAX_STRETCH, PartialPace
+from dalston.actors.speech.partial_pace import MAX_STRETCH, PartialPace
 
 INTERVAL_MS = 500
 

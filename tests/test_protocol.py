@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from dalston.actors.protocol import (
+from dalston.actors.speech.protocol import (
     Configure,
     End,
     ErrorCode,

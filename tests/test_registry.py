@@ -14,8 +14,8 @@ import redis.asyncio as aioredis
 from redis.crc import key_slot
 from registry_harness import LIVENESS_TTL_S, Harness, assert_consistent
 
-from dalston.supervisor.redis_registry import RedisRegistry
-from dalston.supervisor.registry import (
+from dalston.supervisor.cluster.redis_registry import RedisRegistry
+from dalston.supervisor.cluster.registry import (
     NodeRegistry,
     RegistryUnavailable,
     SessionExists,

@@ -18,9 +18,9 @@ import redis
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster
 
-from dalston.supervisor import registry_lua
-from dalston.supervisor.redis_registry import RedisRegistry
-from dalston.supervisor.registry import SessionInfo, SessionStatus, WorkerInfo
+from dalston.supervisor.cluster import registry_lua
+from dalston.supervisor.cluster.redis_registry import RedisRegistry
+from dalston.supervisor.cluster.registry import SessionInfo, SessionStatus, WorkerInfo
 
 if TYPE_CHECKING:
     from redis_server import RedisServer

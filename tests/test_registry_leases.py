@@ -17,9 +17,9 @@ import redis.asyncio as aioredis
 import redis.exceptions
 from registry_harness import LIVENESS_TTL_S, Harness, assert_consistent
 
-from dalston.supervisor.reaper import Reaper
-from dalston.supervisor.redis_registry import RedisRegistry
-from dalston.supervisor.registry import (
+from dalston.supervisor.cluster.reaper import Reaper
+from dalston.supervisor.cluster.redis_registry import RedisRegistry
+from dalston.supervisor.cluster.registry import (
     ModelAvailability,
     NodeRegistry,
     RegistryUnavailable,

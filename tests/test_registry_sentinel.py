@@ -15,9 +15,9 @@ from typing import TYPE_CHECKING
 import pytest
 import redis.asyncio as aioredis
 
-from dalston.supervisor.redis_connect import SentinelAddress, connect, parse_sentinel_url
-from dalston.supervisor.redis_registry import RedisRegistry
-from dalston.supervisor.registry import NodeRegistry, RegistryUnavailable, SessionInfo, WorkerInfo
+from dalston.supervisor.cluster.redis_connect import SentinelAddress, connect, parse_sentinel_url
+from dalston.supervisor.cluster.redis_registry import RedisRegistry
+from dalston.supervisor.cluster.registry import NodeRegistry, RegistryUnavailable, SessionInfo, WorkerInfo
 
 if TYPE_CHECKING:
     from redis_server import RedisServer

@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule, run_state_machine_as_test
 from registry_harness import LIVENESS_TTL_S, Harness, assert_consistent, open_harness
 
-from dalston.supervisor.registry import NodeRegistry, SessionInfo, WorkerIdTaken, WorkerInfo, WorkerStatus
+from dalston.supervisor.cluster.registry import NodeRegistry, SessionInfo, WorkerIdTaken, WorkerInfo, WorkerStatus
 
 if TYPE_CHECKING:
     from redis_server import RedisServer

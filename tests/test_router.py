@@ -10,11 +10,11 @@ from typing import TYPE_CHECKING
 import pytest
 from registry_harness import LIVENESS_TTL_S, Harness, ManualClock
 
-from dalston.supervisor.memory_registry import MemoryRegistry
-from dalston.supervisor.reaper import Reaper
-from dalston.supervisor.redis_registry import RedisRegistry
-from dalston.supervisor.registry import Allocation, NodeRegistry, RegistryUnavailable, SessionInfo, WorkerInfo
-from dalston.supervisor.router import PlacementPolicy, SessionRouter, SpawnOutcome, percentile
+from dalston.supervisor.cluster.memory_registry import MemoryRegistry
+from dalston.supervisor.cluster.reaper import Reaper
+from dalston.supervisor.cluster.redis_registry import RedisRegistry
+from dalston.supervisor.cluster.registry import Allocation, NodeRegistry, RegistryUnavailable, SessionInfo, WorkerInfo
+from dalston.supervisor.cluster.router import PlacementPolicy, SessionRouter, SpawnOutcome, percentile
 
 if TYPE_CHECKING:
     from redis_server import RedisServer

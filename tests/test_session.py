@@ -28,9 +28,9 @@ from speech_fixtures import (
     start_session,
 )
 
-from dalston.actors.decoder import WhisperDecoder
-from dalston.actors.protocol import FinalTranscribed, Flush, SessionEnded, SpeechStarted, StreamParams
 from dalston.actors.runtime import NORMAL
+from dalston.actors.speech.decoder import WhisperDecoder
+from dalston.actors.speech.protocol import FinalTranscribed, Flush, SessionEnded, SpeechStarted, StreamParams
 from dalston.wer import corpus_word_error_rate, word_error_rate
 
 pytestmark = pytest.mark.slow

@@ -26,11 +26,11 @@ from speech_fixtures import (
 )
 from speech_synthesis import SENTENCES, needs_flite, synthesise
 
-from dalston.actors.decoder import WhisperDecoder
-from dalston.actors.protocol import ErrorCode, ErrorOccurred, FinalTranscribed, StreamParams
 from dalston.actors.runtime import spawn
-from dalston.actors.session import SessionActor
-from dalston.actors.speech import new_segmenter
+from dalston.actors.speech.decoder import WhisperDecoder
+from dalston.actors.speech.factory import new_segmenter
+from dalston.actors.speech.protocol import ErrorCode, ErrorOccurred, FinalTranscribed, StreamParams
+from dalston.actors.speech.session import SessionActor
 from dalston.config import SessionConfig, VadConfig
 from dalston.wer import corpus_word_error_rate
 

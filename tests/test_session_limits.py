@@ -25,8 +25,10 @@ from speech_fixtures import (
     start_session,
 )
 
-from dalston.actors.decoder import DecodedSegment, DecodeResult, Word
-from dalston.actors.protocol import (
+from dalston.actors.runtime import NORMAL, ActorDead, ActorRef, spawn
+from dalston.actors.speech.decoder import DecodedSegment, DecodeResult, Word
+from dalston.actors.speech.factory import new_segmenter
+from dalston.actors.speech.protocol import (
     End,
     ErrorOccurred,
     FinalTranscribed,
@@ -37,10 +39,8 @@ from dalston.actors.protocol import (
     SpeechStarted,
     StreamParams,
 )
-from dalston.actors.runtime import NORMAL, ActorDead, ActorRef, spawn
-from dalston.actors.session import PushAudio, SessionActor
-from dalston.actors.speech import new_segmenter
-from dalston.actors.transcriber import TranscriberActor
+from dalston.actors.speech.session import PushAudio, SessionActor
+from dalston.actors.speech.transcriber import TranscriberActor
 from dalston.config import SessionConfig, VadConfig
 from dalston.supervisor.spec import worker_spec
 from dalston.supervisor.supervisor import start_supervisor

@@ -12,8 +12,8 @@ import pytest
 from speech_fixtures import check_event_order, errors, fixed_chunks, start_session
 from speech_synthesis import joined, needs_flite, silence, synthesise
 
-from dalston.actors.decoder import WhisperDecoder
-from dalston.actors.protocol import (
+from dalston.actors.speech.decoder import WhisperDecoder
+from dalston.actors.speech.protocol import (
     Configure,
     ErrorCode,
     ErrorOccurred,

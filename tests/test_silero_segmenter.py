@@ -11,9 +11,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from dalston.actors.audio import pcm16_to_float32, read_wav
-from dalston.actors.models import file_sha256
-from dalston.actors.silero import (
+from dalston.actors.speech.audio import pcm16_to_float32, read_wav
+from dalston.actors.speech.models import file_sha256
+from dalston.actors.speech.silero import (
     SILERO_ONNX_SHA256,
     SegmenterEvent,
     SileroVad,
@@ -21,7 +21,7 @@ from dalston.actors.silero import (
     silero_model_path,
     silero_package_data,
 )
-from dalston.actors.vad import PauseStarted, SpeechEnded, SpeechStarted, VadParams
+from dalston.actors.speech.vad import PauseStarted, SpeechEnded, SpeechStarted, VadParams
 
 LIBRIVOX = sorted((Path(__file__).parent / "data" / "librivox").glob("*.wav"))
 RATE = 16000

@@ -21,12 +21,12 @@ from aiohttp import web
 from cluster_fixtures import load_clip, of_type, poll_until, stream_to_end
 from test_transcriber_scheduling import Inbox
 
-from dalston.actors.decoder import DecodedSegment, DecodeResult
 from dalston.actors.runtime import Actor, ActorRef, spawn
-from dalston.actors.transcriber import DecodeRequest, TranscriberActor
+from dalston.actors.speech.decoder import DecodedSegment, DecodeResult
+from dalston.actors.speech.transcriber import DecodeRequest, TranscriberActor
 from dalston.config import load_config
-from dalston.supervisor.memory_registry import MemoryRegistry
-from dalston.supervisor.node import WorkerNode
+from dalston.supervisor.cluster.memory_registry import MemoryRegistry
+from dalston.supervisor.cluster.node import WorkerNode
 from dalston.web.client import StreamClient
 from dalston.web.client_socket import ClientSocket, SlowConsumer
 from dalston.web.gateway import STREAM_PATH, create_gateway_app

@@ -11,9 +11,9 @@ import numpy as np
 from hypothesis import given
 from hypothesis import strategies as st
 
-from dalston.actors.decode_queue import DecodeQueue
 from dalston.actors.runtime import Actor, ActorRef, spawn
-from dalston.actors.transcriber import (
+from dalston.actors.speech.decode_queue import DecodeQueue
+from dalston.actors.speech.transcriber import (
     CancelDecode,
     Decoded,
     DecodeRequest,

@@ -12,17 +12,17 @@ import numpy as np
 import pytest
 from speech_fixtures import check_event_order, check_finals, sample_clip, start_session
 
-from dalston.actors.audio import pcm16_to_float32, read_wav
-from dalston.actors.decoder import WhisperDecoder
-from dalston.actors.protocol import FinalTranscribed
-from dalston.actors.silero import WINDOW_SAMPLES, SileroVad, SpeechSegmenter
-from dalston.actors.speech import new_segmenter
-from dalston.actors.vad import SpeechEnded, SpeechStarted
+from dalston.actors.speech.audio import pcm16_to_float32, read_wav
+from dalston.actors.speech.decoder import WhisperDecoder
+from dalston.actors.speech.factory import new_segmenter
+from dalston.actors.speech.protocol import FinalTranscribed
+from dalston.actors.speech.silero import WINDOW_SAMPLES, SileroVad, SpeechSegmenter
+from dalston.actors.speech.vad import SpeechEnded, SpeechStarted
 from dalston.config import ConfigError, VadConfig, load_config
 from dalston.wer import word_error_rate
 
 torch = pytest.importorskip("torch", reason="the torch extra is not installed (pip install -e '.[torch]')")
-from dalston.actors.silero_torch import TorchSileroVad  # noqa: E402  (needs torch)
+from dalston.actors.speech.silero_torch import TorchSileroVad  # noqa: E402  (needs torch)
 
 LIBRIVOX = sorted((Path(__file__).parent / "data" / "librivox").glob("*.wav"))
 RATE = 16000

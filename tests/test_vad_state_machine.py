@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dalston.actors.vad import (
+from dalston.actors.speech.vad import (
     PauseStarted,
     SpeechEnded,
     SpeechResumed,

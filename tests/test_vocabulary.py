@@ -14,8 +14,8 @@ import pytest
 from speech_fixtures import check_event_order, errors, fixed_chunks, librivox_clips, start_session
 from speech_synthesis import joined, needs_flite, synthesise
 
-from dalston.actors.decoder import WhisperDecoder
-from dalston.actors.protocol import Configure, FinalTranscribed, SessionConfigured, StreamParams
+from dalston.actors.speech.decoder import WhisperDecoder
+from dalston.actors.speech.protocol import Configure, FinalTranscribed, SessionConfigured, StreamParams
 from dalston.wer import corpus_word_error_rate, normalize_words
 
 pytestmark = [pytest.mark.slow, needs_flite]

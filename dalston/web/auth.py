@@ -14,7 +14,7 @@ import structlog
 from aiohttp import web
 
 from dalston.actors.cancellation import cancel_and_wait
-from dalston.supervisor.registry import NodeRegistry, RegistryUnavailable
+from dalston.supervisor.cluster.registry import NodeRegistry, RegistryUnavailable
 from dalston.web.credentials import same_secret
 
 log = structlog.get_logger(__name__)

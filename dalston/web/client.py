@@ -22,7 +22,7 @@ from urllib.parse import urlencode
 import aiohttp
 import numpy as np
 
-from dalston.actors.g711 import encode_alaw, encode_mulaw
+from dalston.actors.speech.g711 import encode_alaw, encode_mulaw
 
 DEFAULT_URL = "ws://127.0.0.1:8000/v1/audio/transcriptions/stream"
 

@@ -16,7 +16,7 @@ from asyncio import Transport
 import structlog
 from aiohttp import web
 
-from dalston.actors.protocol import ErrorCode, ErrorOccurred
+from dalston.actors.speech.protocol import ErrorCode, ErrorOccurred
 from dalston.web.access_log import CLOSE_SENT, close_websocket
 
 log = structlog.get_logger(__name__)

@@ -22,19 +22,25 @@ import aiohttp
 import structlog
 from aiohttp import web
 
-from dalston.actors.protocol import (
+from dalston.actors.runtime import ActorDead, ActorRef, spawn
+from dalston.actors.speech.protocol import (
     End,
     ErrorCode,
     ProtocolError,
     StreamParams,
     parse_stream_params,
 )
-from dalston.actors.resume import ResumeRecord
-from dalston.actors.runtime import ActorDead, ActorRef, spawn
+from dalston.actors.speech.resume import ResumeRecord
 from dalston.config import Config
 from dalston.logs import bind_context
-from dalston.supervisor.registry import Allocation, NodeRegistry, RegistryError, RegistryUnavailable, SessionInfo
-from dalston.supervisor.router import PlacementPolicy, SessionRouter, SpawnOutcome
+from dalston.supervisor.cluster.registry import (
+    Allocation,
+    NodeRegistry,
+    RegistryError,
+    RegistryUnavailable,
+    SessionInfo,
+)
+from dalston.supervisor.cluster.router import PlacementPolicy, SessionRouter, SpawnOutcome
 from dalston.supervisor.spec import ChildSpec, Restart
 from dalston.supervisor.supervisor import SupervisorHandle, start_supervisor
 from dalston.web.access_log import close_websocket

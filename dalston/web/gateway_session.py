@@ -30,7 +30,8 @@ from aiohttp import WSMsgType
 
 from dalston.actors.actor import Actor
 from dalston.actors.cancellation import cancel_and_wait
-from dalston.actors.protocol import (
+from dalston.actors.runtime import ActorDead, ExitReason
+from dalston.actors.speech.protocol import (
     ClientMessage,
     Configure,
     End,
@@ -40,9 +41,8 @@ from dalston.actors.protocol import (
     StreamParams,
     parse_client_message,
 )
-from dalston.actors.resume import ResumedFinal, ResumeRecord
-from dalston.actors.runtime import ActorDead, ExitReason
-from dalston.actors.session import PushAudio
+from dalston.actors.speech.resume import ResumedFinal, ResumeRecord
+from dalston.actors.speech.session import PushAudio
 from dalston.web.client_socket import ClientSocket, SlowConsumer
 from dalston.web.failover_metrics import FailoverMetrics
 from dalston.web.link import LINK_LOST, RemoteSessionRef

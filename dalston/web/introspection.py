@@ -15,7 +15,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import aiohttp
 
-from dalston.supervisor.registry import NodeRegistry, WorkerRecord
+from dalston.supervisor.cluster.registry import NodeRegistry, WorkerRecord
 from dalston.web.link_protocol import TOKEN_HEADER, bearer
 
 FETCH_TIMEOUT_S = 5.0

@@ -15,10 +15,10 @@ from typing import Any
 
 import aiohttp
 
-from dalston.actors.protocol import ClientMessage, ErrorCode, StreamParams
-from dalston.actors.resume import ResumeRecord
 from dalston.actors.runtime import ActorDead, ExitReason
-from dalston.actors.session import PushAudio
+from dalston.actors.speech.protocol import ClientMessage, ErrorCode, StreamParams
+from dalston.actors.speech.resume import ResumeRecord
+from dalston.actors.speech.session import PushAudio
 from dalston.web.link_protocol import LINK_PATH, LINK_SEND_TIMEOUT_S, TOKEN_HEADER, Spawn, bearer
 
 LINK_LOST = ExitReason("link_lost")

@@ -13,8 +13,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from dalston.actors.protocol import ErrorCode, StreamParams
-from dalston.actors.resume import ResumeRecord
+from dalston.actors.speech.protocol import ErrorCode, StreamParams
+from dalston.actors.speech.resume import ResumeRecord
 from dalston.web.credentials import same_secret
 
 LINK_PATH = "/v1/link"

@@ -5,7 +5,7 @@ from __future__ import annotations
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
-from dalston.actors.protocol import ErrorCode
+from dalston.actors.speech.protocol import ErrorCode
 
 
 class GatewayMetrics:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import time
 
-from dalston.supervisor.registry import ModelAvailability, NodeRegistry
+from dalston.supervisor.cluster.registry import ModelAvailability, NodeRegistry
 
 CACHE_S = 2.0
 

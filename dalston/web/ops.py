@@ -19,7 +19,7 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
-from dalston.supervisor.registry import NodeRegistry, RegistryUnavailable
+from dalston.supervisor.cluster.registry import NodeRegistry, RegistryUnavailable
 from dalston.web.access_log import POLLER_HEADER
 from dalston.web.auth import ApiKeys
 from dalston.web.introspection import (

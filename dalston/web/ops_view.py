@@ -17,7 +17,7 @@ from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from dalston.supervisor.registry import WorkerRecord
+from dalston.supervisor.cluster.registry import WorkerRecord
 from dalston.web.introspection import WorkerTree, worker_json
 
 BUCKETS_S = (0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0, float("inf"))

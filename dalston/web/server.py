@@ -16,13 +16,13 @@ from collections.abc import AsyncIterator
 import structlog
 from aiohttp import web
 
-from dalston.actors.vad_backends import preload_vad
+from dalston.actors.speech.vad_backends import preload_vad
 from dalston.config import Config, NodeConfig
-from dalston.supervisor.memory_registry import MemoryRegistry
-from dalston.supervisor.node import WorkerNode
-from dalston.supervisor.reaper import Reaper
-from dalston.supervisor.redis_registry import RedisRegistry
-from dalston.supervisor.registry import NodeRegistry
+from dalston.supervisor.cluster.memory_registry import MemoryRegistry
+from dalston.supervisor.cluster.node import WorkerNode
+from dalston.supervisor.cluster.reaper import Reaper
+from dalston.supervisor.cluster.redis_registry import RedisRegistry
+from dalston.supervisor.cluster.registry import NodeRegistry
 from dalston.web.access_log import access_log
 from dalston.web.gateway import create_gateway_app, drain_gateway
 from dalston.web.worker import create_worker_app

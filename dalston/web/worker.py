@@ -18,7 +18,8 @@ from typing import Any
 import structlog
 from aiohttp import WSCloseCode, WSMsgType, web
 
-from dalston.actors.protocol import (
+from dalston.actors.runtime import SHUTDOWN, ActorDead, ActorRef
+from dalston.actors.speech.protocol import (
     ErrorCode,
     ErrorOccurred,
     ProtocolError,
@@ -26,10 +27,9 @@ from dalston.actors.protocol import (
     SessionEnded,
     parse_client_message,
 )
-from dalston.actors.runtime import SHUTDOWN, ActorDead, ActorRef
-from dalston.actors.session import PushAudio
+from dalston.actors.speech.session import PushAudio
 from dalston.logs import bind_context
-from dalston.supervisor.node import SpawnRefused, WorkerNode
+from dalston.supervisor.cluster.node import SpawnRefused, WorkerNode
 from dalston.web.link_protocol import (
     HANDBACK,
     LINK_PATH,

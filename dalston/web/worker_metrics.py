@@ -27,7 +27,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, H
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric, SummaryMetricFamily
 from prometheus_client.registry import Collector
 
-from dalston.actors.protocol import (
+from dalston.actors.speech.protocol import (
     FinalTranscribed,
     PartialTranscribed,
     ServerEvent,
@@ -35,8 +35,8 @@ from dalston.actors.protocol import (
     SpeechStarted,
     StreamParams,
 )
-from dalston.actors.session import EventSink
-from dalston.supervisor.node import WorkerNode
+from dalston.actors.speech.session import EventSink
+from dalston.supervisor.cluster.node import WorkerNode
 from dalston.supervisor.tree import TreeNode
 
 LATENCY_BUCKETS_S = (0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0, float("inf"))

@@ -13,7 +13,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
-from dalston.actors.protocol import (
+from dalston.actors.speech.protocol import (
     ChannelFinal,
     FinalTranscribed,
     PartialTranscribed,

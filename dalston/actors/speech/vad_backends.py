@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import importlib.util
 
-from dalston.actors.silero import SileroVad, WindowScorer
+from dalston.actors.speech.silero import SileroVad, WindowScorer
 from dalston.config import ConfigError
 
 TORCH_HINT = "vad.backend = 'torch' needs torch and silero-vad: pip install 'dalston[torch]'"
@@ -16,7 +16,7 @@ TORCH_HINT = "vad.backend = 'torch' needs torch and silero-vad: pip install 'dal
 def new_vad(backend: str) -> WindowScorer:
     """A fresh per-stream scorer over the process-wide model of `backend`."""
     if backend == "torch":
-        from dalston.actors.silero_torch import TorchSileroVad
+        from dalston.actors.speech.silero_torch import TorchSileroVad
 
         return TorchSileroVad()
     return SileroVad()
@@ -27,7 +27,7 @@ def preload_vad(backend: str) -> None:
     if backend == "torch":
         if importlib.util.find_spec("torch") is None or importlib.util.find_spec("silero_vad") is None:
             raise ConfigError(TORCH_HINT)
-        from dalston.actors.silero_torch import TorchSileroVad
+        from dalston.actors.speech.silero_torch import TorchSileroVad
 
         TorchSileroVad.shared_model()
     else:

@@ -18,7 +18,7 @@ from typing import ClassVar, Protocol
 import numpy as np
 import onnxruntime
 
-from dalston.actors.vad import PauseStarted, SpeechEnded, VadEvent, VadParams, VadStateMachine, VadStatistics
+from dalston.actors.speech.vad import PauseStarted, SpeechEnded, VadEvent, VadParams, VadStateMachine, VadStatistics
 
 WINDOW_SAMPLES = 512  # what Silero v5+ accepts at 16 kHz
 CONTEXT_SAMPLES = 64  # tail of the previous window that Silero v5+ expects in front of each window
@@ -29,7 +29,7 @@ SAMPLE_RATE = 16000
 # the silero-vad distribution declares torch as a dependency, so depending on it would pull a torch build into
 # every install just to read a 2 MB file; faster-whisper's bundled Silero model scores differently (onsets up
 # to 0.3 s later on the LibriVox clips).
-SILERO_ONNX_PATH = Path(__file__).resolve().parent.parent / "data" / "silero_vad.onnx"
+SILERO_ONNX_PATH = Path(__file__).resolve().parents[2] / "data" / "silero_vad.onnx"
 SILERO_ONNX_SHA256 = "1a153a22f4509e292a94e67d6f9b85e8deb25b4988682b7e174c65279d8788e3"
 
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import structlog
 
 from dalston.actors.cancellation import cancel_and_wait
-from dalston.supervisor.registry import NodeRegistry, RegistryError
+from dalston.supervisor.cluster.registry import NodeRegistry, RegistryError
 
 log = structlog.get_logger(__name__)
 

@@ -25,15 +25,21 @@ from typing import Any
 import structlog
 
 from dalston.actors.cancellation import cancel_and_wait
-from dalston.actors.models import ModelCatalogue
-from dalston.actors.protocol import End, ErrorCode, StreamParams
-from dalston.actors.resume import ResumeRecord
 from dalston.actors.runtime import ActorDead, ActorRef, ExitReason, spawn
-from dalston.actors.session import EventSink, SessionActor
-from dalston.actors.speech import decoder_factory, new_segmenter
-from dalston.actors.transcriber import Decoder, TranscriberActor
+from dalston.actors.speech.factory import decoder_factory, new_segmenter
+from dalston.actors.speech.models import ModelCatalogue
+from dalston.actors.speech.protocol import End, ErrorCode, StreamParams
+from dalston.actors.speech.resume import ResumeRecord
+from dalston.actors.speech.session import EventSink, SessionActor
+from dalston.actors.speech.transcriber import Decoder, TranscriberActor
 from dalston.config import Config
-from dalston.supervisor.registry import NodeRegistry, RegistryUnavailable, WorkerIdTaken, WorkerInfo, WorkerStatus
+from dalston.supervisor.cluster.registry import (
+    NodeRegistry,
+    RegistryUnavailable,
+    WorkerIdTaken,
+    WorkerInfo,
+    WorkerStatus,
+)
 from dalston.supervisor.spec import ChildSpec, Restart
 from dalston.supervisor.supervisor import (
     CapacityReached,

@@ -19,9 +19,9 @@ import redis.asyncio as aioredis
 import redis.exceptions
 from redis.commands.core import AsyncScript
 
-from dalston.supervisor import holds, registry_lua
-from dalston.supervisor.redis_connect import DEFAULT_SOCKET_TIMEOUT_S, RedisConnection, connect
-from dalston.supervisor.registry import (
+from dalston.supervisor.cluster import holds, registry_lua
+from dalston.supervisor.cluster.redis_connect import DEFAULT_SOCKET_TIMEOUT_S, RedisConnection, connect
+from dalston.supervisor.cluster.registry import (
     DEFAULT_ENDED_SESSION_TTL_S,
     DEFAULT_LEASE_TTL_S,
     DEFAULT_PREFIX,

@@ -22,8 +22,8 @@ from typing import Any
 
 import numpy as np
 
-from dalston.actors.encoder_window import FULL_WINDOW_FRAMES, WindowPolicy, batch_window_frames, fit_features
-from dalston.actors.output_guard import (
+from dalston.actors.speech.encoder_window import FULL_WINDOW_FRAMES, WindowPolicy, batch_window_frames, fit_features
+from dalston.actors.speech.output_guard import (
     DegenerateLimits,
     TokenSegment,
     compression_ratio,

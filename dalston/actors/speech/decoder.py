@@ -21,9 +21,9 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from dalston.actors.direct_decode import DirectWhisper, Job, JobOutput, RawSegment, Thresholds
-from dalston.actors.encoder_window import FULL_WINDOW_FRAMES, WindowPolicy, window_frames
-from dalston.actors.models import ResolvedModel
+from dalston.actors.speech.direct_decode import DirectWhisper, Job, JobOutput, RawSegment, Thresholds
+from dalston.actors.speech.encoder_window import FULL_WINDOW_FRAMES, WindowPolicy, window_frames
+from dalston.actors.speech.models import ResolvedModel
 from dalston.wer import normalize_words, word_key
 
 SAMPLE_RATE = 16_000

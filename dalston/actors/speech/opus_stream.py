@@ -12,9 +12,9 @@ import struct
 import av
 import numpy as np
 
-from dalston.actors.audio import DecoderStatistics, InvalidAudio, Resampler, empty_channels
-from dalston.actors.ogg import ContainerError, OggReader
-from dalston.actors.webm import WebmReader
+from dalston.actors.speech.audio import DecoderStatistics, InvalidAudio, Resampler, empty_channels
+from dalston.actors.speech.ogg import ContainerError, OggReader
+from dalston.actors.speech.webm import WebmReader
 
 OPUS_RATE = 48000  # libopus decodes at 48 kHz here; soxr takes it to 16 kHz
 _OPUS_HEAD = struct.Struct("<8sBBHIhB")  # magic, version, channels, pre-skip, input rate, gain, mapping

@@ -15,10 +15,11 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from dalston.actors.assembler import AssembledFinal, PartialStabilizer, TranscriptAssembler
-from dalston.actors.finals import PendingFinal, PendingFinals
-from dalston.actors.partial_pace import PartialPace
-from dalston.actors.protocol import (
+from dalston.actors.runtime import Actor, ActorDead, ActorRef
+from dalston.actors.speech.assembler import AssembledFinal, PartialStabilizer, TranscriptAssembler
+from dalston.actors.speech.finals import PendingFinal, PendingFinals
+from dalston.actors.speech.partial_pace import PartialPace
+from dalston.actors.speech.protocol import (
     ErrorCode,
     FinalTranscribed,
     PartialTranscribed,
@@ -27,12 +28,11 @@ from dalston.actors.protocol import (
     SpeechStarted,
     WordTiming,
 )
-from dalston.actors.runtime import Actor, ActorDead, ActorRef
-from dalston.actors.silero import SegmenterEvent, SpeechSegmenter
-from dalston.actors.transcriber import CancelDecode, Decoded, DecodeRequest, UtteranceEnded
-from dalston.actors.vad import PauseStarted, SpeechResumed, VadParams
-from dalston.actors.vad import SpeechEnded as VadSpeechEnded
-from dalston.actors.vad import SpeechStarted as VadSpeechStarted
+from dalston.actors.speech.silero import SegmenterEvent, SpeechSegmenter
+from dalston.actors.speech.transcriber import CancelDecode, Decoded, DecodeRequest, UtteranceEnded
+from dalston.actors.speech.vad import PauseStarted, SpeechResumed, VadParams
+from dalston.actors.speech.vad import SpeechEnded as VadSpeechEnded
+from dalston.actors.speech.vad import SpeechStarted as VadSpeechStarted
 
 SAMPLE_RATE = 16000
 

@@ -22,7 +22,13 @@ from enum import Enum
 
 import structlog
 
-from dalston.supervisor.registry import Allocation, NodeRegistry, RegistryError, RegistryUnavailable, SessionInfo
+from dalston.supervisor.cluster.registry import (
+    Allocation,
+    NodeRegistry,
+    RegistryError,
+    RegistryUnavailable,
+    SessionInfo,
+)
 
 log = structlog.get_logger(__name__)
 

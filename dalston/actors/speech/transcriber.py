@@ -23,8 +23,8 @@ from typing import Any, Protocol
 import numpy as np
 import structlog
 
-from dalston.actors.decode_queue import DecodeQueue
 from dalston.actors.runtime import Actor, ActorDead, ActorRef, ExitReason
+from dalston.actors.speech.decode_queue import DecodeQueue
 
 log = structlog.get_logger(__name__)
 

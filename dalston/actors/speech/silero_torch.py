@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
-from dalston.actors.silero import CONTEXT_SAMPLES, WINDOW_SAMPLES, silero_package_data
+from dalston.actors.speech.silero import CONTEXT_SAMPLES, WINDOW_SAMPLES, silero_package_data
 
 if TYPE_CHECKING:
     import torch

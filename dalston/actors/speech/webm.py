@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from dalston.actors.ogg import ContainerError
+from dalston.actors.speech.ogg import ContainerError
 
 EBML_HEADER = 0x1A45DFA3
 # Masters whose children we need: Segment, Cluster, Tracks, TrackEntry, BlockGroup, Audio.

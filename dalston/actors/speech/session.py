@@ -20,8 +20,9 @@ from typing import Any
 import numpy as np
 import structlog
 
-from dalston.actors.audio import InvalidAudio, new_decoder
-from dalston.actors.channel import (
+from dalston.actors.runtime import NORMAL, Actor, ActorDead, ActorRef, Down, ExitReason, spawn
+from dalston.actors.speech.audio import InvalidAudio, new_decoder
+from dalston.actors.speech.channel import (
     ChannelActor,
     ChannelAudio,
     ChannelDone,
@@ -35,7 +36,7 @@ from dalston.actors.channel import (
     UseTranscriber,
     whisper_prompt,
 )
-from dalston.actors.protocol import (
+from dalston.actors.speech.protocol import (
     ChannelFinal,
     Configure,
     End,
@@ -51,11 +52,10 @@ from dalston.actors.protocol import (
     check_endpointing,
     check_vocabulary,
 )
-from dalston.actors.resume import ResumedSession, ResumeRecord
-from dalston.actors.runtime import NORMAL, Actor, ActorDead, ActorRef, Down, ExitReason, spawn
-from dalston.actors.silero import SpeechSegmenter
-from dalston.actors.transcriber import CancelSession
-from dalston.actors.vad import with_endpointing
+from dalston.actors.speech.resume import ResumedSession, ResumeRecord
+from dalston.actors.speech.silero import SpeechSegmenter
+from dalston.actors.speech.transcriber import CancelSession
+from dalston.actors.speech.vad import with_endpointing
 from dalston.config import SessionConfig
 
 log = structlog.get_logger(__name__)

@@ -14,11 +14,11 @@ from collections.abc import Callable
 
 import structlog
 
-from dalston.actors.decoder import WhisperDecoder
-from dalston.actors.models import ModelCatalogue
-from dalston.actors.silero import SpeechSegmenter
-from dalston.actors.vad import VadParams
-from dalston.actors.vad_backends import new_vad
+from dalston.actors.speech.decoder import WhisperDecoder
+from dalston.actors.speech.models import ModelCatalogue
+from dalston.actors.speech.silero import SpeechSegmenter
+from dalston.actors.speech.vad import VadParams
+from dalston.actors.speech.vad_backends import new_vad
 from dalston.config import VadConfig
 
 log = structlog.get_logger(__name__)

@@ -10,8 +10,8 @@ import json
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from dalston.actors.error_codes import ErrorCode, ProtocolError
-from dalston.actors.stream_params import (
+from dalston.actors.speech.error_codes import ErrorCode, ProtocolError
+from dalston.actors.speech.stream_params import (
     ENCODINGS,
     HARD_BOUNDS,
     LANGUAGE_DETECTION,

@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass
 from dataclasses import fields as dataclass_fields
 from typing import Any
 
-from dalston.actors.error_codes import ErrorCode, ProtocolError
+from dalston.actors.speech.error_codes import ErrorCode, ProtocolError
 
 # Whisper's language codes (the tokenizer's list); "auto" lets the model detect.
 _WHISPER_LANGUAGE_CODES = (
@@ -22,7 +22,7 @@ _WHISPER_LANGUAGE_CODES = (
 )
 WHISPER_LANGUAGES = frozenset(_WHISPER_LANGUAGE_CODES.split())
 SAMPLE_RATE_MIN, SAMPLE_RATE_MAX = 8000, 48000
-# The encodings `dalston.actors.audio` decodes (kept here as data: protocol parsing imports no decoders).
+# The encodings `dalston.actors.speech.audio` decodes (kept here as data: protocol parsing imports no decoders).
 ENCODINGS = ("pcm_s16le", "pcm_f32le", "pcm_mulaw", "pcm_alaw", "ogg_opus", "webm_opus")
 MAX_CHANNELS = 8
 LANGUAGE_DETECTION = ("session", "utterance")

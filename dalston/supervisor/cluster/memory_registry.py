@@ -13,8 +13,8 @@ import time
 from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 
-from dalston.supervisor.holds import HoldTable
-from dalston.supervisor.registry import (
+from dalston.supervisor.cluster.holds import HoldTable
+from dalston.supervisor.cluster.registry import (
     DEFAULT_ENDED_SESSION_TTL_S,
     DEFAULT_LEASE_TTL_S,
     Allocation,

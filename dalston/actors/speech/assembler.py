@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 from dalston.wer import word_key
 
 if TYPE_CHECKING:
-    from dalston.actors.decoder import Word
+    from dalston.actors.speech.decoder import Word
 
 
 class FinalOutOfOrder(ValueError):

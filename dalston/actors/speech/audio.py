@@ -16,7 +16,7 @@ from typing import Protocol
 import numpy as np
 import soxr
 
-from dalston.actors.g711 import ALAW_TABLE, MULAW_TABLE
+from dalston.actors.speech.g711 import ALAW_TABLE, MULAW_TABLE
 
 TARGET_SAMPLE_RATE = 16000
 MIN_SAMPLE_RATE = 8000
@@ -69,7 +69,7 @@ def pcm16_to_float32(samples: np.ndarray) -> np.ndarray:
 def new_decoder(encoding: str, sample_rate: int, max_frame_bytes: int, channels: int = 1) -> AudioDecoder:
     """The decoder for one stream's `encoding` (see ENCODINGS); Opus streams bring their own sample rate."""
     if encoding in CONTAINER_ENCODINGS:
-        from dalston.actors.opus_stream import OpusStreamDecoder  # PyAV: imported only by Opus sessions
+        from dalston.actors.speech.opus_stream import OpusStreamDecoder  # PyAV: imported only by Opus sessions
 
         return OpusStreamDecoder(encoding, max_frame_bytes, channels)
     return PcmDecoder(sample_rate, max_frame_bytes, encoding=encoding, channels=channels)
