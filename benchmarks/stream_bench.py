@@ -43,8 +43,10 @@ import psutil
 from machine_floor import Floor, endpointing_silence_s, measure_floor
 
 from dalston.actors.speech.audio import read_wav
+from dalston.config import load_config
 from dalston.supervisor.cluster.router import percentile
 from dalston.web.client import StreamClient, wait_until_ready
+from dalston.web.introspection import link_headers
 from dalston.wer import edit_distance, normalize_words, word_error_rate
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -161,7 +163,9 @@ async def scrape_decodes(metrics_url: str | None) -> dict[str, float]:
     """Cumulative decode and queue-wait seconds and counts by kind, from the worker's /metrics."""
     if metrics_url is None:
         return {}
-    async with aiohttp.ClientSession() as http, http.get(metrics_url) as response:
+    headers = link_headers(load_config().node.link_token)  # a worker's /metrics needs the link token
+    async with aiohttp.ClientSession(headers=headers) as http, http.get(metrics_url) as response:
+        response.raise_for_status()
         text = await response.text()
     figures: dict[str, float] = {}
     pattern = r'^dalston_worker_(decode(?:_wait)?_seconds_(?:sum|count))\{kind="(\w+)",model="fast"\} (\S+)$'
