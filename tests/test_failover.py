@@ -60,7 +60,7 @@ async def no_slot_taken(registry: RedisRegistry) -> None:
 
 async def disturbed_call(gateway: DalstonProcess, workers: list[DalstonProcess], registry: RedisRegistry,
                          call: Call, at_s: float, fault: Callable[[DalstonProcess], None],
-                         **params: Any) -> tuple[CallRecord, CallRecord, DalstonProcess]:
+                         speed: float = 1.0, **params: Any) -> tuple[CallRecord, CallRecord, DalstonProcess]:
     """The call twice at once (different workers); `fault` hits the first one's worker `at_s` into the call."""
     disturbed, reference = CallRecord(), CallRecord()
     hit: list[DalstonProcess] = []
@@ -82,10 +82,11 @@ async def disturbed_call(gateway: DalstonProcess, workers: list[DalstonProcess],
     async def note_reference(session_id: str) -> None:
         reference_on.append(await worker_of(registry, session_id))
 
-    first = asyncio.create_task(run_call(gateway.stream_url, call, disturbed, on_begin=schedule_fault, **params))
+    first = asyncio.create_task(run_call(gateway.stream_url, call, disturbed, on_begin=schedule_fault, speed=speed,
+                                         **params))
     async with asyncio.timeout(30):
         await placed.wait()
-    await run_call(gateway.stream_url, call, reference, on_begin=note_reference, **params)
+    await run_call(gateway.stream_url, call, reference, on_begin=note_reference, speed=speed, **params)
     await first
     assert reference_on != [hit[0].worker_id]  # the reference ran undisturbed elsewhere
     return disturbed, reference, hit[0]
@@ -126,6 +127,18 @@ async def test_a_telephony_or_opus_call_survives_its_worker_killed_mid_utterance
     (resumed,) = disturbed.of_type("session.resumed")
     # G.711 replays from the last final; an Ogg stream from its start (replayed_s unknown: not decoded there).
     assert (resumed["replayed_s"] is None) == (params["encoding"] == "ogg_opus")
+    await no_slot_taken(cluster_registry)
+
+
+async def test_a_worker_killed_after_the_client_sent_end_still_finishes_the_call_elsewhere(
+    dalston_processes: ProcessGroup, cluster_registry: RedisRegistry,
+) -> None:
+    gateway, workers = await start_cluster(dalston_processes)
+    call = build_call()
+    # The whole call at once, then `end`: a second later its worker is still decoding the queued utterances.
+    disturbed, reference, _ = await disturbed_call(gateway, workers, cluster_registry, call, 1.0,
+                                                   DalstonProcess.kill, speed=0)
+    assert_one_whole_call(disturbed, reference, call, moves=1)
     await no_slot_taken(cluster_registry)
 
 

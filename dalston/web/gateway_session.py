@@ -197,8 +197,8 @@ class GatewaySession(Actor):
         self._cursor = self.buffer.start_offset
         replayed_s = self.buffer.kept_s if self.buffer.indexed else None  # a container stream: not decoded here
         gap_s = time.monotonic() - self._last_event_at
-        if self._end_offset is not None:  # the client had ended: end again, after the replay
-            self._controls.appendleft(_Control(self._end_offset, End()))
+        if self._end_offset is not None and not any(isinstance(c.message, End) for c in self._controls):
+            self._controls.appendleft(_Control(self._end_offset, End()))  # sent to the lost worker: again, after replay
         self._metrics.moved(why, replayed_s, gap_s, time.monotonic() - started)
         self._log.info("gateway.session_moved", reason=why, from_worker=lost.worker_id,
                        to_worker=self.remote.worker_id, replay_from_s=round(resume.offset_s, 3),
