@@ -118,6 +118,9 @@ class WorkerNode:
         # `hand_back_by` (monotonic) at the latest; the gateway moves it to another worker.
         self.handing_back = asyncio.Event()
         self.hand_back_by = math.inf
+        # Whether the registry's record under this id is ours: a node whose id another live process holds must
+        # never mark that record draining nor remove it (on a failed start, or after losing its id).
+        self._registered = False
         self._started_at = time.monotonic()
         self._log = log.bind(worker_id=self.worker_id)
 
@@ -135,6 +138,7 @@ class WorkerNode:
         self._root.ref.monitor(self._root_exited)
         self.models = tuple(factories)
         await self._register()
+        self._registered = True
         self._stopping.clear()
         self._heartbeat = asyncio.create_task(self._heartbeat_forever(), name=f"heartbeat:{self.worker_id}")
         self._log.info("node.started", models=self.models, capacity=self.capacity, endpoint=self.endpoint)
@@ -175,8 +179,9 @@ class WorkerNode:
         """Stop taking sessions and start handing the running ones back (`dalston drain`; SIGTERM adds the stop)."""
         timeout_s = self.config.node.drain_timeout_s if timeout_s is None else timeout_s
         self.status = WorkerStatus.DRAINING
-        with contextlib.suppress(RegistryUnavailable):
-            await self.registry.set_status(self.worker_id, WorkerStatus.DRAINING)
+        if self._registered:
+            with contextlib.suppress(RegistryUnavailable):
+                await self.registry.set_status(self.worker_id, WorkerStatus.DRAINING)
         if not self.handing_back.is_set():
             self.hand_back_by = time.monotonic() + timeout_s
             self.handing_back.set()
@@ -219,8 +224,9 @@ class WorkerNode:
 
     async def _leave_registry(self) -> None:
         await self._stop_heartbeat()
-        with contextlib.suppress(RegistryUnavailable):
-            await self.registry.deregister(self.worker_id)
+        if self._registered:
+            with contextlib.suppress(RegistryUnavailable):
+                await self.registry.deregister(self.worker_id)
 
     async def _stop_heartbeat(self) -> None:
         if self._heartbeat is not None:
@@ -239,7 +245,9 @@ class WorkerNode:
         if self._releases:
             await asyncio.gather(*self._releases, return_exceptions=True)
         with contextlib.suppress(RegistryUnavailable):
-            await self.registry.deregister(self.worker_id)
+            if self._registered:
+                await self.registry.deregister(self.worker_id)
+        self._registered = False
         self.status = WorkerStatus.STOPPED
         self._log.info("node.stopped")
 
@@ -269,6 +277,7 @@ class WorkerNode:
                 self._log.warning("node.registry_unavailable", error=str(error))
             except WorkerIdTaken as error:  # another process registered under this id while we were away
                 self._log.error("node.worker_id_taken", error=str(error), action="exiting non-zero")
+                self._registered = False  # the record is the other process's now
                 self._fail(ExitReason("error", str(error)))
                 return
 
