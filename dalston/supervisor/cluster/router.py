@@ -123,7 +123,7 @@ class SessionRouter:
             try:
                 await self.release(session_id)
                 return
-            except RegistryUnavailable as error:
+            except RegistryError as error:  # unreachable, or any refusal: retried until the lease ends anyway
                 if time.monotonic() + pause_s > deadline:
                     log.warning("router.release_abandoned", session_id=session_id, error=str(error),
                                 note="its lease expires and the worker's heartbeat frees the slot")
