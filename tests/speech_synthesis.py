@@ -61,3 +61,29 @@ SENTENCES = (
     "Could you call the customer back and ask whether the new delivery date works for them?",
     "Her brother moved to a small town near the coast and opened a bakery there last year.",
 )
+
+# Varied sentences (short and long, numbers, lists, questions), for the window study and word error.
+VARIED_SENTENCES = (
+    "Remember to water the plants every other morning.",
+    "Please call Stella and ask her to bring these things with her from the store.",
+    "The meeting has been moved to Thursday afternoon at three thirty.",
+    "Can you send me the report before the end of the day?",
+    "We need six spoons of fresh snow peas, five thick slabs of blue cheese, and maybe a snack for her brother.",
+    "Turn left at the second traffic light and the station is on your right.",
+    "I would like to book a table for four people tomorrow evening.",
+    "The quick brown fox jumps over the lazy dog.",
+    "Her account number is four seven two nine, and the balance is overdue.",
+    "Nobody expected the weather to change so quickly during the afternoon.",
+    "Yes.",
+    "No, thank you, I am fine.",
+    "Could you repeat that more slowly, please?",
+    "The committee will review the proposal and publish its decision next month.",
+    "After the storm passed, the children ran outside to look for rainbows over the hills.",
+    "Open the window.",
+    "My flight leaves at seven in the morning, so I should go to bed early.",
+    "The doctor said the results look normal and there is nothing to worry about.",
+    "Several engineers worked through the night to restore the power to the hospital.",
+    "It was the best of times, it was the worst of times. It was the age of wisdom.",
+    "Birds sing in the trees. The sun is warm. The river runs slowly to the sea.",
+    "Please confirm your email address and choose a new password with at least twelve characters.",
+)
