@@ -256,6 +256,23 @@ async def start_batching(decoder: BatchingDecoder, threads: int = 1) -> tuple[Ac
     return transcriber, inbox_ref, inbox
 
 
+async def test_a_batch_is_greedy_only_while_another_whole_batch_of_finals_waits_behind_it() -> None:
+    decoder = BatchingDecoder(max_batch=4)
+    transcriber, inbox_ref, inbox = await start_batching(decoder)
+    await transcriber.tell(sized(inbox_ref, 0, 1, final=True))  # occupies the only thread
+    for session in range(1, 11):
+        await transcriber.tell(sized(inbox_ref, session, 1, final=True))
+    await asyncio.sleep(0.05)
+    decoder.gate.set()
+    await wait_for_answers(inbox, 11)
+    assert [len(call) for call in decoder.calls] == [1, 4, 4, 2]
+    # Behind the second call 6 finals waited (a whole batch and more): greedy. Behind the third, 2: beam.
+    assert decoder.beams == [None, 1, None, None]
+    assert transcriber.statistics().extra["greedy_finals"] == 4
+    await transcriber.stop()
+    await inbox_ref.stop()
+
+
 async def test_finals_waiting_at_the_same_moment_are_decoded_in_one_call_up_to_max_batch() -> None:
     decoder = BatchingDecoder(max_batch=4)
     transcriber, inbox_ref, inbox = await start_batching(decoder)
@@ -267,7 +284,7 @@ async def test_finals_waiting_at_the_same_moment_are_decoded_in_one_call_up_to_m
     await wait_for_answers(inbox, 7)
     assert [len(call) for call in decoder.calls] == [1, 4, 2]
     assert [s for call in decoder.calls for s, _ in call] == [f"s{i}" for i in range(7)]  # oldest first
-    assert decoder.beams == [None, 1, None]  # the batch with finals behind it is greedy
+    assert decoder.beams == [None, None, None]  # fewer than a whole batch waited behind the second call
     assert {a.session_id: a.result for a in inbox.answers} == {f"s{i}": f"text of s{i}" for i in range(7)}
     stats = transcriber.statistics().extra
     assert stats["largest_batch"] == 4 and stats["batches"] == 3
