@@ -12,14 +12,14 @@ import warnings
 
 import numpy as np
 import pytest
-from audio_encoders import encode, random_frames
+from audio_encoders import encode, random_frames, webm_with_blocks
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from dalston.actors.speech import g711
 from dalston.actors.speech.audio import InvalidAudio, PcmDecoder, new_decoder
 from dalston.actors.speech.ogg import ContainerError, OggReader, ogg_crc
-from dalston.actors.speech.webm import WebmReader
+from dalston.actors.speech.webm import WebmPacket, WebmReader
 
 
 def decode_all(decoder, frames) -> np.ndarray:
@@ -170,6 +170,73 @@ def test_a_stereo_opus_stream_keeps_its_channels_apart_or_mixes_them_for_a_mono_
     peaks = [np.fft.rfftfreq(row.size, 1 / 16000)[np.argmax(np.abs(np.fft.rfft(row)))] for row in stereo]
     assert peaks == pytest.approx([440.0, 880.0], abs=2.0)
     np.testing.assert_allclose(mono[0], stereo.mean(axis=0), atol=1e-5)
+
+
+@pytest.mark.parametrize("encoding", ["ogg_opus", "webm_opus"])
+def test_opus_audio_starts_where_the_encoded_audio_started(encoding):
+    # The encoder's priming samples (OpusHead pre-skip, 6.5 ms) are dropped once: the decoded audio lines up
+    # with the original, no sample of its start lost.
+    rng = np.random.default_rng(5)
+    pcm = (np.convolve(rng.normal(0, 6000, 16000), np.ones(4) / 4, "same")).astype(np.int16)  # speech-band noise
+    out = decode_all(new_decoder(encoding, 16000, 1 << 22), [encode(pcm, 16000, encoding, bitrate=96000)])[0]
+    lags = range(-200, 201)
+    scores = [float(np.dot(out[max(0, lag):8000 + max(0, lag)], pcm[max(0, -lag):8000 + max(0, -lag)]))
+              for lag in lags]
+    assert lags[int(np.argmax(scores))] == 0
+
+
+def webm_packets(data: bytes) -> tuple[bytes, list[WebmPacket]]:
+    """A WebM stream's OpusHead and packets, as the reader gives them."""
+    reader = WebmReader()
+    packets = reader.feed(data)
+    reader.finish()
+    assert reader.track is not None
+    return reader.track.codec_private, packets
+
+
+def laceable(lacing: str, packets: list[bytes]) -> list[bytes]:
+    """`packets` as a block of that lacing can hold them: one if unlaced, all of one size if fixed."""
+    if lacing == "none":
+        return packets[:1]
+    if lacing == "fixed":
+        return [packet.ljust(len(packets[0]), b"x")[:len(packets[0])] for packet in packets]
+    return packets
+
+
+LACED_BLOCKS = st.lists(st.tuples(st.sampled_from(["none", "xiph", "ebml", "fixed"]),
+                                  st.lists(st.binary(max_size=700), min_size=1, max_size=6)), min_size=1, max_size=8)
+
+
+@settings(max_examples=60, deadline=None)
+@given(blocks=LACED_BLOCKS, sizes=st.lists(st.integers(0, 400), max_size=30))
+def test_laced_webm_blocks_give_their_packets_in_order_for_any_frame_split(blocks, sizes):
+    blocks = [(lacing, laceable(lacing, packets)) for lacing, packets in blocks]
+    data = webm_with_blocks(b"OpusHead" + bytes(11), blocks)
+    reader = WebmReader()
+    got = [packet.data for frame in cut(data, sizes) for packet in reader.feed(frame)]
+    reader.finish()
+    assert got == [packet for _, packets in blocks for packet in packets]
+
+
+@pytest.mark.parametrize("lacing", ["xiph", "ebml"])
+def test_a_laced_webm_opus_stream_decodes_to_the_same_samples_as_one_packet_per_block(lacing):
+    head, packets = webm_packets(opus_stream("webm_opus", 1))
+    data = [p.data for p in packets]
+    single = webm_with_blocks(head, [("none", [p]) for p in data])
+    laced = webm_with_blocks(head, [(lacing, data[i:i + 5]) for i in range(0, len(data), 5)])
+    expected = decode_all(new_decoder("webm_opus", 16000, 1 << 20), [single])
+    assert expected.shape[1] > 20000
+    np.testing.assert_array_equal(decode_all(new_decoder("webm_opus", 16000, 1 << 20),
+                                             list(random_frames(laced, random.Random(3), max_bytes=300))), expected)
+
+
+@pytest.mark.parametrize("samples", [16000, 24000, 33333])
+def test_a_webm_opus_stream_decodes_to_exactly_as_many_samples_as_were_encoded(samples):
+    # The encoder pads its last Opus frame and says by how much in that block's DiscardPadding.
+    pcm = tone(16000, samples / 16000)
+    data = encode(pcm, 16000, "webm_opus")
+    out = decode_all(new_decoder("webm_opus", 16000, 1 << 22), list(random_frames(data, random.Random(samples))))
+    assert out.shape == (1, samples)
 
 
 # ---------------------------------------------------------------- bad data

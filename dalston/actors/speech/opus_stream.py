@@ -14,7 +14,7 @@ import numpy as np
 
 from dalston.actors.speech.audio import DecoderStatistics, InvalidAudio, Resampler, empty_channels
 from dalston.actors.speech.ogg import ContainerError, OggReader
-from dalston.actors.speech.webm import WebmReader
+from dalston.actors.speech.webm import WebmPacket, WebmReader
 
 OPUS_RATE = 48000  # libopus decodes at 48 kHz here; soxr takes it to 16 kHz
 _OPUS_HEAD = struct.Struct("<8sBBHIhB")  # magic, version, channels, pre-skip, input rate, gain, mapping
@@ -30,10 +30,12 @@ class OpusStreamDecoder:
         self._reader: OggReader | WebmReader = OggReader() if encoding == "ogg_opus" else WebmReader()
         self._codec: av.CodecContext | None = None
         self._stream_channels = 0
-        self._pre_skip = 0  # decoder priming samples at 48 kHz to drop (OpusHead)
+        # The encoder's priming samples at 48 kHz (OpusHead pre-skip). FFmpeg's libopus decoder drops them
+        # itself (it sets the codec's skip_samples from the header); Ogg's end position counts them.
         self._stream_pre_skip = 0
         self._decoded = 0  # samples at 48 kHz kept so far (after pre-skip)
         self._resampler = Resampler(OPUS_RATE, channels)
+        self._held: tuple[WebmPacket, np.ndarray] | None = None  # WebM: the last packet's audio, not yet final
         self._headers_seen = 0
         self._frames = self._bytes_in = self._samples_out = 0
         self._finished = False
@@ -49,7 +51,8 @@ class OpusStreamDecoder:
             packets = self._reader.feed(frame)
         except ContainerError as error:
             raise InvalidAudio(f"{self.encoding}: {error}") from None
-        pieces = [self._decode_packet(packet) for packet in packets]
+        pieces = [self._webm_audio(packet) if isinstance(packet, WebmPacket) else self._decode_packet(packet)
+                  for packet in packets]
         audio = np.concatenate(pieces) if pieces else np.zeros((0, self.channels), np.float32)
         return self._emit(self._trim_to_end(audio))
 
@@ -62,7 +65,7 @@ class OpusStreamDecoder:
             self._reader.finish()
         except ContainerError as error:
             raise InvalidAudio(f"{self.encoding}: {error}") from None
-        return self._emit(np.zeros((0, self.channels), np.float32), last=True)
+        return self._emit(self._release_held(), last=True)
 
     def statistics(self) -> DecoderStatistics:
         return DecoderStatistics(self._frames, self._bytes_in, self._samples_out,
@@ -85,10 +88,23 @@ class OpusStreamDecoder:
             raise InvalidAudio(f"{self.encoding}: an Opus packet could not be decoded ({error})") from None
         pieces = [self._interleaved(frame.to_ndarray(), frame.format.is_planar) for frame in frames]
         audio = np.concatenate(pieces) if pieces else np.zeros((0, self._stream_channels), np.float32)
-        if self._pre_skip:
-            dropped = min(self._pre_skip, len(audio))
-            audio, self._pre_skip = audio[dropped:], self._pre_skip - dropped
         return self._mix(audio)
+
+    def _webm_audio(self, packet: WebmPacket) -> np.ndarray:
+        """A WebM packet's audio is held until the next packet arrives: a DiscardPadding read after it (the
+        encoder's padding at the stream's end) may still cut its end. Returns the previous packet's audio."""
+        audio = self._decode_packet(packet.data)
+        released = self._release_held()
+        self._held = (packet, audio)
+        return released
+
+    def _release_held(self) -> np.ndarray:
+        if self._held is None:
+            return np.zeros((0, self.channels), np.float32)
+        packet, audio = self._held
+        self._held = None
+        padding = round(packet.discard_ns * OPUS_RATE / 1_000_000_000)
+        return audio[:max(0, len(audio) - padding)]
 
     def _trim_to_end(self, audio: np.ndarray) -> np.ndarray:
         """Ogg's last page says how many samples the stream holds: drop the padding of its last Opus frame."""
@@ -125,7 +141,7 @@ class OpusStreamDecoder:
         codec.layout = {1: "mono", 2: "stereo"}.get(stream_channels, f"{stream_channels}c")
         self._codec = codec
         self._stream_channels = stream_channels
-        self._pre_skip = self._stream_pre_skip = pre_skip
+        self._stream_pre_skip = pre_skip
 
     def _interleaved(self, array: np.ndarray, planar: bool) -> np.ndarray:
         if array.dtype == np.int16:

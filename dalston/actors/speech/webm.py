@@ -3,6 +3,8 @@
 A browser's MediaRecorder writes a live WebM: a Segment and Clusters of unknown size, SimpleBlocks inside.
 Master elements are read as transparent (their children follow in the stream), so unknown sizes need no
 special case; elements Dalston does not need are skipped as they stream past, without buffering them.
+Blocks may be laced (Xiph, EBML or fixed-size: several packets in one block), and a BlockGroup's
+DiscardPadding (the encoder's padding at the end of the stream) is kept with its block's last packet.
 Raises `ContainerError` with what was wrong.
 """
 
@@ -14,12 +16,23 @@ from dalston.actors.speech.ogg import ContainerError
 
 EBML_HEADER = 0x1A45DFA3
 # Masters whose children we need: Segment, Cluster, Tracks, TrackEntry, BlockGroup, Audio.
-_TRACK_ENTRY = 0xAE
-_MASTERS = frozenset({0x18538067, 0x1F43B675, 0x1654AE6B, _TRACK_ENTRY, 0xA0, 0xE1})
+_TRACK_ENTRY, _BLOCK_GROUP = 0xAE, 0xA0
+_MASTERS = frozenset({0x18538067, 0x1F43B675, 0x1654AE6B, _TRACK_ENTRY, _BLOCK_GROUP, 0xE1})
 _TRACK_NUMBER, _CODEC_ID, _CODEC_PRIVATE, _CHANNELS = 0xD7, 0x86, 0x63A2, 0x9F
-_SIMPLE_BLOCK, _BLOCK = 0xA3, 0xA1
-_READ = frozenset({_TRACK_NUMBER, _CODEC_ID, _CODEC_PRIVATE, _CHANNELS, _SIMPLE_BLOCK, _BLOCK, EBML_HEADER})
+_SIMPLE_BLOCK, _BLOCK, _DISCARD_PADDING = 0xA3, 0xA1, 0x75A2
+_READ = frozenset({_TRACK_NUMBER, _CODEC_ID, _CODEC_PRIVATE, _CHANNELS, _SIMPLE_BLOCK, _BLOCK, _DISCARD_PADDING,
+                   EBML_HEADER})
 MAX_ELEMENT_BYTES = 1 << 20
+_NO_LACING, _XIPH_LACING, _FIXED_LACING, _EBML_LACING = 0x00, 0x02, 0x04, 0x06
+
+
+@dataclass
+class WebmPacket:
+    """One Opus packet; `discard_ns` is set on a block's last packet when its BlockGroup says how much of the
+    decoded end is padding (it may arrive in a later `feed`, so the packet is updated in place)."""
+
+    data: bytes
+    discard_ns: int = 0
 
 
 @dataclass
@@ -58,14 +71,15 @@ class WebmReader:
         self._tracks: list[OpusTrack] = []
         self.track: OpusTrack | None = None
         self.blocks = 0
+        self._last_packet: WebmPacket | None = None  # of the latest block of our track (for DiscardPadding)
 
     @property
     def pending_bytes(self) -> int:
         return len(self._buffer) + self._skip
 
-    def feed(self, data: bytes) -> list[bytes]:
+    def feed(self, data: bytes) -> list[WebmPacket]:
         self._buffer += data
-        packets: list[bytes] = []
+        packets: list[WebmPacket] = []
         while True:
             if self._skip:
                 dropped = min(self._skip, len(self._buffer))
@@ -84,7 +98,7 @@ class WebmReader:
         if self.track is None:
             raise ContainerError("WebM stream ended before its Opus track was described")
 
-    def _next_element(self) -> list[bytes] | None:
+    def _next_element(self) -> list[WebmPacket] | None:
         if self._offset == 0 and len(self._buffer) >= 4 and int.from_bytes(self._buffer[:4]) != EBML_HEADER:
             raise ContainerError(f"not a WebM stream: expected an EBML header, got {bytes(self._buffer[:4]).hex()}")
         head = read_vint(self._buffer, 0, keep_marker=True)
@@ -101,6 +115,8 @@ class WebmReader:
             self._consume(header)  # children follow; their ends need not be tracked
             if element_id == _TRACK_ENTRY:
                 self._tracks.append(OpusTrack())
+            elif element_id == _BLOCK_GROUP:
+                self._last_packet = None  # a DiscardPadding in this group belongs to this group's Block
             return []
         if unknown_size:
             raise ContainerError(f"WebM element {element_id:#x} at byte {self._offset} has an unknown size")
@@ -116,11 +132,15 @@ class WebmReader:
         self._consume(header + size)
         return self._read(element_id, body)
 
-    def _read(self, element_id: int, body: bytes) -> list[bytes]:
+    def _read(self, element_id: int, body: bytes) -> list[WebmPacket]:
         if element_id == EBML_HEADER:
             return []
         if element_id in (_SIMPLE_BLOCK, _BLOCK):
-            return self._block(body)
+            return self._block(body, grouped=element_id == _BLOCK)
+        if element_id == _DISCARD_PADDING:
+            if self._last_packet is not None:  # it follows its Block inside the BlockGroup
+                self._last_packet.discard_ns = max(0, int.from_bytes(body, signed=True))
+            return []
         if self._tracks:
             track = self._tracks[-1]
             if element_id == _TRACK_NUMBER:
@@ -133,7 +153,7 @@ class WebmReader:
                 track.channels = int.from_bytes(body)
         return []
 
-    def _block(self, body: bytes) -> list[bytes]:
+    def _block(self, body: bytes, *, grouped: bool) -> list[WebmPacket]:
         if self.track is None:
             self.track = next((t for t in self._tracks if t.codec_id == "A_OPUS"), None)
             if self.track is None:
@@ -144,11 +164,54 @@ class WebmReader:
             raise ContainerError(f"WebM block at byte {self._offset} is too short")
         if number[0] != self.track.number:
             return []  # another track (video, say)
-        flags = body[number[1] + 2]
-        if flags & 0x06:
-            raise ContainerError("WebM laced blocks are not supported (one Opus packet per block expected)")
+        at = number[1] + 3
+        packets = [WebmPacket(data) for data in self._unlace(body, at, body[at - 1] & 0x06)]
         self.blocks += 1
-        return [body[number[1] + 3:]]
+        # Only a BlockGroup's Block can be followed by a DiscardPadding (a SimpleBlock has no group).
+        self._last_packet = packets[-1] if grouped else None
+        return packets
+
+    def _unlace(self, body: bytes, at: int, lacing: int) -> list[bytes]:
+        """The packets of one block: the rest of it, or the laced frames (Matroska: Block Lacing)."""
+        if lacing == _NO_LACING:
+            return [body[at:]]
+        if at >= len(body):
+            raise ContainerError(f"WebM laced block at byte {self._offset} has no frame count")
+        count, at = body[at] + 1, at + 1
+        if lacing == _FIXED_LACING:
+            size, left = divmod(len(body) - at, count)
+            if left:
+                raise ContainerError(f"WebM fixed-size laced block at byte {self._offset}: {len(body) - at} bytes "
+                                     f"do not split into {count} equal frames")
+            sizes = [size] * (count - 1)
+        elif lacing == _XIPH_LACING:  # each size: bytes of 255 and one byte under 255, summed
+            sizes = []
+            for _ in range(count - 1):
+                size = 0
+                while True:
+                    if at >= len(body):
+                        raise ContainerError(f"WebM laced block at byte {self._offset} ends inside its sizes")
+                    size, at = size + body[at], at + 1
+                    if body[at - 1] != 255:
+                        break
+                sizes.append(size)
+        else:  # EBML lacing: the first size, then signed differences from the previous size
+            sizes = []
+            for i in range(count - 1):
+                field = read_vint(body, at, keep_marker=False)
+                if field is None:
+                    raise ContainerError(f"WebM laced block at byte {self._offset} ends inside its sizes")
+                value, length = field
+                at += length
+                sizes.append(value if i == 0 else sizes[-1] + value - ((1 << (7 * length - 1)) - 1))
+        last = len(body) - at - sum(sizes)
+        if any(size < 0 for size in sizes) or last < 0:
+            raise ContainerError(f"WebM laced block at byte {self._offset}: its frame sizes exceed the block")
+        packets = []
+        for size in [*sizes, last]:
+            packets.append(body[at:at + size])
+            at += size
+        return packets
 
     def _consume(self, count: int) -> None:
         del self._buffer[:count]
