@@ -185,6 +185,19 @@ def test_opus_audio_starts_where_the_encoded_audio_started(encoding):
     assert lags[int(np.argmax(scores))] == 0
 
 
+@pytest.mark.parametrize("second_channels", [1, 2])
+def test_a_chained_ogg_stream_decodes_each_of_its_streams_in_turn(second_channels):
+    # RFC 3533 chaining: a new logical stream (its own OpusHead, serial and pre-skip) starts after one ends.
+    first = tone(16000, 1.0, 440.0)
+    second = np.stack([tone(16000, 0.75, 880.0)] * second_channels, axis=1)
+    data = encode(first, 16000, "ogg_opus") + encode(second, 16000, "ogg_opus")
+    out = decode_all(new_decoder("ogg_opus", 16000, 1 << 22), list(random_frames(data, random.Random(2))))[0]
+    assert out.shape == (16000 + 12000,)  # each stream to its own exact end
+    peaks = [np.fft.rfftfreq(part.size, 1 / 16000)[np.argmax(np.abs(np.fft.rfft(part)))]
+             for part in (out[1000:15000], out[17000:27000])]
+    assert peaks == pytest.approx([440.0, 880.0], abs=2.0)
+
+
 def webm_packets(data: bytes) -> tuple[bytes, list[WebmPacket]]:
     """A WebM stream's OpusHead and packets, as the reader gives them."""
     reader = WebmReader()

@@ -1,17 +1,21 @@
 """An incremental Ogg demuxer (RFC 3533): bytes in, whatever frames they were cut into, packets out (pure).
 
-Only the first logical stream is read (an Opus file has one). Every page's CRC is checked, so a corrupt page
-is reported where it is instead of being decoded into noise. Raises `ContainerError` with what was wrong.
+One logical stream is read at a time: the first one, then, in a chained stream (RFC 3533: files one after
+another, as a playlist or a relay sends them), each one that begins after the previous one ended. Streams
+multiplexed beside it (a skeleton, a video) are skipped. Every page's CRC is checked, so a corrupt page is
+reported where it is instead of being decoded into noise. Raises `ContainerError` with what was wrong.
 """
 
 from __future__ import annotations
 
 import struct
 import zlib
+from dataclasses import dataclass
 
 CAPTURE = b"OggS"
 _HEADER = struct.Struct("<4sBBqIIIB")  # capture, version, flags, granule, serial, sequence, crc, segments
 _CONTINUED = 0x01
+_BEGINNING_OF_STREAM = 0x02
 _END_OF_STREAM = 0x04
 MAX_BUFFERED_BYTES = 1 << 20  # a page is at most 65,307 bytes; a packet spanning pages stays under this
 
@@ -30,26 +34,35 @@ def ogg_crc(data: bytes | bytearray | memoryview) -> int:
     return int(f"{reflected:032b}"[::-1], 2)
 
 
+@dataclass(frozen=True)
+class OggPacket:
+    data: bytes
+    stream: int  # which logical stream of a chain it belongs to, from 0
+    end_granule: int | None = None
+    """On the packets of a stream's last page: that page's granule position, where the stream ends (for Opus:
+    samples at 48 kHz, pre-skip included)."""
+
+
 class OggReader:
-    """Feed bytes with `feed()`; it returns the complete packets of the first logical stream, in order."""
+    """Feed bytes with `feed()`; it returns the complete packets of the logical stream being read, in order."""
 
     def __init__(self) -> None:
         self._buffer = bytearray()
         self._offset = 0  # stream offset of _buffer[0], for error messages
         self._serial: int | None = None
+        self._stream = 0
+        self._ended = False  # the stream being read had its last page; the next one to begin is read next
         self._packet = bytearray()  # a packet continued on the next page
         self.pages = 0
-        self.end_granule: int | None = None
-        """The last page's granule position (for Opus: samples at 48 kHz, pre-skip included), once it is read."""
 
     @property
     def pending_bytes(self) -> int:
         """Bytes of an incomplete page (a stream that ends here was truncated)."""
         return len(self._buffer)
 
-    def feed(self, data: bytes) -> list[bytes]:
+    def feed(self, data: bytes) -> list[OggPacket]:
         self._buffer += data
-        packets: list[bytes] = []
+        packets: list[OggPacket] = []
         while (page := self._next_page()) is not None:
             packets += page
         if len(self._buffer) + len(self._packet) > MAX_BUFFERED_BYTES:
@@ -64,7 +77,7 @@ class OggReader:
         if self._packet:
             raise ContainerError("Ogg stream truncated: its last packet continues on a page that never came")
 
-    def _next_page(self) -> list[bytes] | None:
+    def _next_page(self) -> list[OggPacket] | None:
         buffer = self._buffer
         if len(buffer) < 4 and CAPTURE.startswith(bytes(buffer)):
             return None
@@ -89,13 +102,16 @@ class OggReader:
         del self._buffer[:page_size]
         self._offset += page_size
         self.pages += 1
+        if self._ended and flags & _BEGINNING_OF_STREAM:  # chained: the next stream begins
+            self._serial, self._ended, self._stream = serial, False, self._stream + 1
         if self._serial is None:
             self._serial = serial
-        if serial != self._serial:
-            return []  # another logical stream (not Opus audio we read)
-        if flags & _END_OF_STREAM:
-            self.end_granule = granule
-        return self._packets(page[header_size:], lacing, continued=bool(flags & _CONTINUED))
+        if serial != self._serial or self._ended:
+            return []  # a stream multiplexed beside ours, or a page after ours ended
+        self._ended = bool(flags & _END_OF_STREAM)
+        end = granule if self._ended else None
+        return [OggPacket(data, self._stream, end)
+                for data in self._packets(page[header_size:], lacing, continued=bool(flags & _CONTINUED))]
 
     def _packets(self, body: bytearray, lacing: bytearray, *, continued: bool) -> list[bytes]:
         if self._packet and not continued:

@@ -13,7 +13,7 @@ import av
 import numpy as np
 
 from dalston.actors.speech.audio import DecoderStatistics, InvalidAudio, Resampler, empty_channels
-from dalston.actors.speech.ogg import ContainerError, OggReader
+from dalston.actors.speech.ogg import ContainerError, OggPacket, OggReader
 from dalston.actors.speech.webm import WebmPacket, WebmReader
 
 OPUS_RATE = 48000  # libopus decodes at 48 kHz here; soxr takes it to 16 kHz
@@ -33,7 +33,8 @@ class OpusStreamDecoder:
         # The encoder's priming samples at 48 kHz (OpusHead pre-skip). FFmpeg's libopus decoder drops them
         # itself (it sets the codec's skip_samples from the header); Ogg's end position counts them.
         self._stream_pre_skip = 0
-        self._decoded = 0  # samples at 48 kHz kept so far (after pre-skip)
+        self._stream = 0  # Ogg: the logical stream of a chain being decoded
+        self._decoded = 0  # samples at 48 kHz of that stream kept so far (after pre-skip)
         self._resampler = Resampler(OPUS_RATE, channels)
         self._held: tuple[WebmPacket, np.ndarray] | None = None  # WebM: the last packet's audio, not yet final
         self._headers_seen = 0
@@ -51,10 +52,10 @@ class OpusStreamDecoder:
             packets = self._reader.feed(frame)
         except ContainerError as error:
             raise InvalidAudio(f"{self.encoding}: {error}") from None
-        pieces = [self._webm_audio(packet) if isinstance(packet, WebmPacket) else self._decode_packet(packet)
+        pieces = [self._webm_audio(packet) if isinstance(packet, WebmPacket) else self._ogg_audio(packet)
                   for packet in packets]
         audio = np.concatenate(pieces) if pieces else np.zeros((0, self.channels), np.float32)
-        return self._emit(self._trim_to_end(audio))
+        return self._emit(audio)
 
     def finish(self) -> np.ndarray:
         """End of stream; raises `InvalidAudio` if it was cut inside a page or block."""
@@ -106,11 +107,14 @@ class OpusStreamDecoder:
         padding = round(packet.discard_ns * OPUS_RATE / 1_000_000_000)
         return audio[:max(0, len(audio) - padding)]
 
-    def _trim_to_end(self, audio: np.ndarray) -> np.ndarray:
-        """Ogg's last page says how many samples the stream holds: drop the padding of its last Opus frame."""
-        end = getattr(self._reader, "end_granule", None)
-        if end is not None:
-            audio = audio[:max(0, end - self._stream_pre_skip - self._decoded)]
+    def _ogg_audio(self, packet: OggPacket) -> np.ndarray:
+        """An Ogg packet's audio; a stream's last page says where it ends (the padding of its last Opus frame
+        goes), and a chained stream that begins brings its own OpusHead."""
+        if packet.stream != self._stream:
+            self._stream, self._codec, self._decoded = packet.stream, None, 0
+        audio = self._decode_packet(packet.data)
+        if packet.end_granule is not None:
+            audio = audio[:max(0, packet.end_granule - self._stream_pre_skip - self._decoded)]
         self._decoded += len(audio)
         return audio
 
