@@ -3,6 +3,8 @@
 - The gateway's writes to a client are bounded in time: a client that stops reading is told `slow_consumer`
   or cut off, and the handler goes on (to free its slot and key count) instead of waiting for ever.
 - A model actor never waits on a session: a session whose mailbox is full does not hold an inference slot.
+- The worker's writes to a gateway are bounded the same way: a link nobody reads is cut off, and its session
+  stops instead of running for nobody.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import json
 import os
 import socket
 import time
@@ -23,13 +26,17 @@ from test_transcriber_scheduling import Inbox
 
 from dalston.actors.runtime import Actor, ActorRef, spawn
 from dalston.actors.speech.decoder import DecodedSegment, DecodeResult
+from dalston.actors.speech.protocol import StreamParams
 from dalston.actors.speech.transcriber import DecodeRequest, TranscriberActor
 from dalston.config import load_config
 from dalston.supervisor.cluster.memory_registry import MemoryRegistry
 from dalston.supervisor.cluster.node import WorkerNode
+from dalston.web import worker
 from dalston.web.client import StreamClient
 from dalston.web.client_socket import ClientSocket, SlowConsumer
 from dalston.web.gateway import STREAM_PATH, create_gateway_app
+from dalston.web.introspection import link_headers
+from dalston.web.link_protocol import LINK_PATH, Spawn
 from dalston.web.server import start_site
 from dalston.web.worker import create_worker_app
 
@@ -39,14 +46,15 @@ BIG_EVENT = "x" * 65536
 class NonReadingClient:
     """A WebSocket client on a raw socket with a tiny receive buffer that, after the handshake, reads nothing."""
 
-    def __init__(self, port: int, path: str = "/flood") -> None:
+    def __init__(self, port: int, path: str = "/flood", headers: dict[str, str] | None = None) -> None:
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
         self.sock.connect(("127.0.0.1", port))
         key = base64.b64encode(os.urandom(16)).decode()
+        extra = "".join(f"{name}: {value}\r\n" for name, value in (headers or {}).items())
         self.sock.sendall((f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\n"
-                           f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n")
-                          .encode())
+                           f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n"
+                           f"{extra}\r\n").encode())
         answer = b""
         while b"\r\n\r\n" not in answer:
             answer += self.sock.recv(1)  # byte by byte: nothing after the handshake is read
@@ -148,11 +156,12 @@ class LoudDecoder:
         return DecodeResult(text, (segment,), "en", duration_s, 0.001)
 
 
-def masked_binary_frame(payload: bytes) -> bytes:
-    """A client's WebSocket binary frame (RFC 6455 §5.2: clients mask)."""
+def masked_binary_frame(payload: bytes, opcode: int = 0x2) -> bytes:
+    """A client's WebSocket frame, binary unless told (RFC 6455 §5.2: clients mask)."""
     mask = os.urandom(4)
     size = len(payload)
-    header = bytes([0x82]) + (bytes([0x80 | size]) if size < 126 else bytes([0x80 | 126]) + size.to_bytes(2, "big"))
+    header = bytes([0x80 | opcode]) + (bytes([0x80 | size]) if size < 126
+                                       else bytes([0x80 | 126]) + size.to_bytes(2, "big"))
     body = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
     return header + mask + body
 
@@ -210,5 +219,43 @@ async def test_a_client_that_stops_reading_loses_its_session_and_frees_its_slot_
         hog.close()
         await speaking
         await gateway_runner.cleanup()
+        await node.stop()
+        await worker_runner.cleanup()
+
+
+class NonReadingGateway(NonReadingStreamer):
+    """Opens a session over a worker's link, as a gateway does, then never reads what the worker sends."""
+
+    def __init__(self, port: int, token: str, session_id: str) -> None:
+        NonReadingClient.__init__(self, port, path=LINK_PATH, headers=link_headers(token))
+        spawn = Spawn(session_id, StreamParams(model="fast", interim_results=True))
+        self.sock.sendall(masked_binary_frame(json.dumps(spawn.to_json()).encode(), opcode=0x1))
+
+
+@pytest.mark.slow
+async def test_a_gateway_that_stops_reading_its_link_is_cut_off_and_the_session_stops(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(worker, "LINK_SEND_TIMEOUT_S", 0.5)
+    registry = MemoryRegistry()
+    config = load_config(environ={}).replace("node", worker_id="w1", capacity=1, models=("fast",))
+    node = WorkerNode(config, registry, "", decoders={"fast": LoudDecoder})
+    worker_runner, worker_port = await start_site(create_worker_app(node), "127.0.0.1", 0)
+    node.endpoint = f"ws://127.0.0.1:{worker_port}"
+    await node.start()
+    gateway = await asyncio.to_thread(NonReadingGateway, worker_port, config.node.link_token, "sess_hung_link")
+    speaking = asyncio.create_task(asyncio.to_thread(gateway.send_speech, load_clip("0880").samples))
+    try:
+        async def session_started() -> bool:
+            return "sess_hung_link" in node._live_sessions
+
+        async def session_stopped() -> bool:  # the worker gave up on the link, and the session with it
+            return "sess_hung_link" not in node._live_sessions and await node.active_sessions() == 0
+
+        await poll_until(session_started, "the session started on the worker", timeout_s=20)
+        await poll_until(session_stopped, "the worker cut off the hung link and stopped its session", timeout_s=20)
+    finally:
+        gateway.close()
+        await speaking
         await node.stop()
         await worker_runner.cleanup()

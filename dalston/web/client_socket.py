@@ -18,6 +18,7 @@ from aiohttp import web
 
 from dalston.actors.speech.protocol import ErrorCode, ErrorOccurred
 from dalston.web.access_log import CLOSE_SENT, close_websocket
+from dalston.web.bounded_send import send_text_within
 
 log = structlog.get_logger(__name__)
 
@@ -40,15 +41,8 @@ class ClientSocket:
 
     async def send_text(self, text: str) -> None:
         """Send one event; `SlowConsumer` if it does not go out in time. A vanished client is ignored."""
-        if self.ws.closed:
-            return
-        try:
-            async with asyncio.timeout(self._send_timeout_s):
-                await self.ws.send_str(text)
-        except TimeoutError:
-            raise SlowConsumer(f"a write took over {self._send_timeout_s:g} s") from None
-        except ConnectionResetError:
-            return
+        if not await send_text_within(self.ws, text, self._send_timeout_s):
+            raise SlowConsumer(f"a write took over {self._send_timeout_s:g} s")
 
     async def send_error(self, code: ErrorCode, message: str) -> None:
         await self.send_text(json.dumps(ErrorOccurred(code, message).to_json()))

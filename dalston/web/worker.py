@@ -30,6 +30,7 @@ from dalston.actors.speech.protocol import (
 from dalston.actors.speech.session import PushAudio
 from dalston.logs import bind_context
 from dalston.supervisor.cluster.node import SpawnRefused, WorkerNode
+from dalston.web.bounded_send import send_text_within
 from dalston.web.link_protocol import (
     HANDBACK,
     LINK_PATH,
@@ -218,17 +219,10 @@ class _SessionLink:
 
     async def _send(self, text: str) -> None:
         """A gateway that stops reading for `LINK_SEND_TIMEOUT_S` is cut off, which stops the session."""
-        if self.ws.closed:
-            return  # the gateway is gone; the session is being stopped
-        try:
-            async with asyncio.timeout(LINK_SEND_TIMEOUT_S):
-                await self.ws.send_str(text)
-        except TimeoutError:
+        if not await send_text_within(self.ws, text, LINK_SEND_TIMEOUT_S):
             log.warning("link.gateway_not_reading", timeout_s=LINK_SEND_TIMEOUT_S)
             if self._transport is not None:
                 self._transport.abort()
-        except ConnectionResetError:
-            return
 
 
 async def _relay_frames(ws: web.WebSocketResponse, ref: ActorRef, probe: SessionProbe) -> None:
