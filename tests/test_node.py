@@ -16,9 +16,10 @@ from test_metrics import FixedTextDecoder
 
 from dalston.actors.speech.protocol import ErrorCode, ServerEvent, StreamParams
 from dalston.config import load_config
+from dalston.supervisor.cluster.memory_registry import MemoryRegistry
 from dalston.supervisor.cluster.node import SpawnRefused, WorkerNode
 from dalston.supervisor.cluster.redis_registry import RedisRegistry
-from dalston.supervisor.cluster.registry import WorkerRecord, WorkerStatus
+from dalston.supervisor.cluster.registry import SessionInfo, SessionStatus, WorkerInfo, WorkerRecord, WorkerStatus
 from dalston.web.link_protocol import LINK_PATH, TOKEN_HEADER, Spawn, bearer
 from dalston.web.server import UnsafeBind, check_worker_bind, start_site, worker_endpoint
 from dalston.web.worker import create_worker_app
@@ -254,3 +255,44 @@ def test_a_worker_beyond_loopback_needs_its_own_token_and_an_address_to_advertis
     else:
         with pytest.raises(UnsafeBind, match=refused):
             check_worker_bind(config)
+
+
+class MovedDuringRelease(MemoryRegistry):
+    """The interleaving a stopping session's node must survive: a gateway moves the session to another worker
+    (release, then acquire there, as a failover or a drain does) just before the node's own release lands."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.armed = False
+        self.node_released = asyncio.Event()
+
+    async def release(self, session_id: str, worker_id: str | None = None) -> bool:
+        if not self.armed:
+            return await super().release(session_id)
+        self.armed = False
+        await super().release(session_id)
+        assert await self.acquire(SessionInfo(session_id, "fast"), exclude=frozenset({"w1"})) is not None
+        try:
+            return await super().release(session_id, worker_id) if worker_id else await super().release(session_id)
+        finally:
+            self.node_released.set()
+
+
+async def test_a_stopping_session_never_ends_the_record_of_the_worker_it_moved_to() -> None:
+    registry = MovedDuringRelease()
+    await registry.register(WorkerInfo("w2", "ws://127.0.0.1:2", 2, ("fast",)), 30.0)
+    node = WorkerNode(node_config(), registry, "ws://127.0.0.1:1", decoders={"fast": FixedTextDecoder})
+    await node.start()
+    try:
+        assert (await registry.acquire(SessionInfo("s1", "fast"), exclude=frozenset({"w2"}))).worker_id == "w1"
+        session = await node.start_session("s1", StreamParams(), ignore)
+        registry.armed = True
+        await session.stop()
+        async with asyncio.timeout(5):
+            await registry.node_released.wait()
+        record = await registry.get_session("s1")
+        assert record is not None and record.worker_id == "w2"
+        assert record.status is SessionStatus.ACTIVE and record.ended_at is None  # the call goes on there
+        assert [w.active_sessions for w in await registry.list_workers() if w.worker_id == "w2"] == [1]
+    finally:
+        await node.stop()

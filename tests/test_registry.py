@@ -126,6 +126,24 @@ async def test_release_frees_the_slot_exactly_once(registry: NodeRegistry) -> No
     await assert_consistent(registry, MODELS)
 
 
+async def test_a_release_scoped_to_a_worker_leaves_a_session_that_moved_to_another_alone(
+    registry: NodeRegistry,
+) -> None:
+    await register(registry, worker("a", 1), worker("b", 1))
+    first = await registry.acquire(session("s1"))
+    assert first is not None
+    other = "b" if first.worker_id == "a" else "a"
+    assert await registry.release("s1") is True  # a gateway moves it: release, then acquire elsewhere
+    assert (await registry.acquire(session("s1"), exclude=frozenset({first.worker_id}))).worker_id == other
+    assert await registry.release("s1", worker_id=first.worker_id) is False  # the old worker's late release
+    record = await registry.get_session("s1")
+    assert record is not None and record.worker_id == other and record.status is SessionStatus.ACTIVE
+    assert await counts(registry) == {first.worker_id: 0, other: 1}
+    assert await registry.release("s1", worker_id=other) is True
+    assert await counts(registry) == {first.worker_id: 0, other: 0}
+    await assert_consistent(registry, MODELS)
+
+
 async def test_an_acquired_session_is_recorded_as_active(registry: NodeRegistry) -> None:
     await register(registry, worker("a"))
     allocation = await registry.acquire(session("s1"))

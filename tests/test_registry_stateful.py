@@ -174,9 +174,10 @@ class RegistryMachine(RuleBasedStateMachine):
     @rule(data=st.data())
     def release(self, data: st.DataObject) -> None:
         session_id = data.draw(st.sampled_from(self.session_ids))
+        scope = data.draw(st.none() | worker_ids)  # a gateway's release, or a worker's own (scoped to it)
         record = self.sessions.get(session_id)
-        active = record is not None and record.active
-        assert self.run(self.registry.release(session_id)) is active
+        active = record is not None and record.active and scope in (None, record.worker_id)
+        assert self.run(self.registry.release(session_id, worker_id=scope)) is active
         if active:
             self.end(session_id, "release")
 

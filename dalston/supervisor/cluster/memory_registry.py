@@ -169,11 +169,13 @@ class RegistryState:
                 return self._reserve(worker_id, session, now)
             self._sync_free(worker_id, now)  # dead or stale: drops out of the candidates
 
-    def release(self, session_id: str, now: float) -> bool:
+    def release(self, session_id: str, now: float, worker_id: str | None = None) -> bool:
         self._expire_sessions(now)
         session = self._sessions.get(session_id)
         if session is None or session.status is not SessionStatus.ACTIVE:
             return False
+        if worker_id is not None and session.worker_id != worker_id:
+            return False  # it moved to another worker: that record is not ours to end
         self._end_session(session_id, now, RELEASED)
         worker = self._workers.get(session.worker_id)
         if worker is not None and session_id in worker.sessions:
@@ -353,8 +355,8 @@ class MemoryRegistry(NodeRegistry):
     async def acquire(self, session: SessionInfo, exclude: frozenset[str] = frozenset()) -> Allocation | None:
         return self._state.acquire(session, exclude, self._clock())
 
-    async def release(self, session_id: str) -> bool:
-        return self._state.release(session_id, self._clock())
+    async def release(self, session_id: str, worker_id: str | None = None) -> bool:
+        return self._state.release(session_id, self._clock(), worker_id)
 
     async def mark_suspect(self, worker_id: str, for_s: float) -> None:
         self._state.mark_suspect(worker_id, for_s, self._clock())

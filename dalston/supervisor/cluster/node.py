@@ -322,11 +322,9 @@ class WorkerNode:
 
     async def _release(self, session_id: str) -> None:
         try:
-            # A session moved to another worker (failover, drain) keeps its id there: never end that record.
-            record = await self.registry.get_session(session_id)
-            if record is not None and record.worker_id != self.worker_id:
-                return
-            await self.registry.release(session_id)
+            # Scoped to this worker: a session moved to another one (failover, drain) keeps its id there, and
+            # that record must not end, even if the move lands while this release is under way.
+            await self.registry.release(session_id, worker_id=self.worker_id)
         except RegistryUnavailable as error:
             self._log.warning("node.release_failed", session_id=session_id, error=str(error))
 

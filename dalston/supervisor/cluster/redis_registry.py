@@ -227,9 +227,9 @@ class RedisRegistry(NodeRegistry):
         worker_id, endpoint = (_text(part) for part in rest)
         return Allocation(session_id=session.session_id, worker_id=worker_id, endpoint=endpoint)
 
-    async def release(self, session_id: str) -> bool:
+    async def release(self, session_id: str, worker_id: str | None = None) -> bool:
         now = _stamp(self._clock())
-        _, ended = await self._run(self._release, session_id, now, self._ended_ttl_ms)
+        _, ended = await self._run(self._release, session_id, now, self._ended_ttl_ms, worker_id or "")
         return bool(ended)
 
     async def mark_suspect(self, worker_id: str, for_s: float) -> None:

@@ -192,8 +192,12 @@ class NodeRegistry(abc.ABC):
         """
 
     @abc.abstractmethod
-    async def release(self, session_id: str) -> bool:
-        """End the session and free its slot. True only for the call that actually ended it."""
+    async def release(self, session_id: str, worker_id: str | None = None) -> bool:
+        """End the session and free its slot. True only for the call that actually ended it.
+
+        With `worker_id`, only while the session is active on that worker: a worker releasing a session it ran
+        never ends the record of the worker the session moved to, whatever the timing (one atomic step).
+        """
 
     @abc.abstractmethod
     async def mark_suspect(self, worker_id: str, for_s: float) -> None:

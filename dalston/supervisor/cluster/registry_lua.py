@@ -282,11 +282,13 @@ while true do
 end
 """)
 
-# A: session_id, stamp, ended_ms. Returns {'ok', 1} for the call that ended the session, else {'ok', 0}.
+# A: session_id, stamp, ended_ms, worker_id ('' for any). Returns {'ok', 1} for the call that ended the session,
+# else {'ok', 0}. With a worker id, a session active on another worker (it moved there) is left alone.
 RELEASE = _script("""
 local sid = A[1]
 local s = load_session(sid)
 if not s or s.status ~= 'active' then return {'ok', 0} end
+if A[4] ~= '' and s.worker_id ~= A[4] then return {'ok', 0} end
 local w = load_worker(s.worker_id)
 if w then
   local miss = missing(w.models)
