@@ -12,6 +12,7 @@ from cluster_fixtures import FAST_CLUSTER_ENV, REPO, ProcessGroup, poll_until
 from failover_fixtures import FAILOVER_ENV, CallRecord, build_call, by_id, run_call, start_cluster, worker_of
 
 from dalston.supervisor.cluster.redis_registry import RedisRegistry
+from dalston.supervisor.cluster.registry import SessionRecord, SessionStatus
 from dalston.wer import word_error_rate
 
 pytestmark = pytest.mark.slow
@@ -77,17 +78,26 @@ async def test_a_handed_back_call_that_no_other_worker_can_take_goes_on_where_it
     await dalston_processes.wait_ready(worker, gateway)
     call = build_call()
     record = CallRecord()
+    kept: list[asyncio.Task[SessionRecord | None]] = []
 
-    async def drain_soon(_session_id: str) -> None:
-        async def later() -> None:
+    async def drain_soon(session_id: str) -> None:
+        async def later() -> SessionRecord | None:
             await asyncio.sleep(3.0)
             code, output = await dalston_drain("only", dalston_processes.redis_url, dalston_processes.key_prefix)
             assert code == 0, output
 
-        asyncio.get_running_loop().create_task(later())
+            async def handback_kept() -> bool:
+                return "gateway.handback_kept" in await asyncio.to_thread(gateway.log_path.read_text)
+
+            await poll_until(handback_kept, "the gateway kept the handed-back call where it was", timeout_s=30)
+            return await cluster_registry.get_session(session_id)  # while the call goes on
+
+        kept.append(asyncio.get_running_loop().create_task(later()))
 
     await run_call(gateway.stream_url, call, record, speed=2.0, on_begin=drain_soon)
     assert not record.of_type("error") and not record.of_type("session.resumed")
     assert record.events[-1]["type"] == "session.end"
     assert word_error_rate(call.transcript, record.events[-1]["transcript"]) <= 0.2
-    assert "gateway.handback_kept" in gateway.log_path.read_text()
+    # The call went on on its draining worker, and so did its registry record (and the slot it holds there).
+    during = await kept[0]
+    assert during is not None and during.worker_id == "only" and during.status is SessionStatus.ACTIVE

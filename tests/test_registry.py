@@ -144,6 +144,29 @@ async def test_a_release_scoped_to_a_worker_leaves_a_session_that_moved_to_anoth
     await assert_consistent(registry, MODELS)
 
 
+async def test_a_session_a_move_released_is_reinstated_where_it_stays_even_over_capacity(
+    registry: NodeRegistry,
+) -> None:
+    await register(registry, worker("a", 1), worker("b", 1))
+    first = await registry.acquire(session("s1"))
+    assert first is not None
+    other = "b" if first.worker_id == "a" else "a"
+    assert await registry.acquire(session("s2")) is not None  # the other worker is full now
+    started = (await registry.get_session("s1")).started_at
+    assert await registry.release("s1") is True  # a move: no other worker can take it
+    assert await registry.acquire(session("s3"), exclude=frozenset({other})) is not None  # its slot went meanwhile
+    assert await registry.reinstate(session("s1"), first.worker_id) is True
+    record = await registry.get_session("s1")
+    assert record is not None and record.worker_id == first.worker_id and record.status is SessionStatus.ACTIVE
+    assert record.started_at == started and record.ended_at is None
+    assert await counts(registry) == {first.worker_id: 2, other: 1}  # over capacity: it runs there
+    assert await registry.reinstate(session("s1"), first.worker_id) is True  # already there: nothing counted
+    assert await registry.reinstate(session("s2"), first.worker_id) is False  # active on the other worker
+    assert await registry.reinstate(session("s9"), "ghost") is False
+    assert await counts(registry) == {first.worker_id: 2, other: 1}
+    await assert_consistent(registry, MODELS)
+
+
 async def test_an_acquired_session_is_recorded_as_active(registry: NodeRegistry) -> None:
     await register(registry, worker("a"))
     allocation = await registry.acquire(session("s1"))

@@ -181,6 +181,18 @@ class RegistryMachine(RuleBasedStateMachine):
         if active:
             self.end(session_id, "release")
 
+    @precondition(lambda self: self.session_ids)
+    @rule(data=st.data(), worker_id=worker_ids)
+    def reinstate(self, data: st.DataObject, worker_id: str) -> None:
+        session_id = data.draw(st.sampled_from(self.session_ids))
+        record = self.sessions.get(session_id)
+        active = record is not None and record.active
+        expected = worker_id in self.workers and (not active or record.worker_id == worker_id)
+        assert self.run(self.registry.reinstate(SessionInfo(session_id, "fast"), worker_id)) is expected
+        if expected and not active:  # active there again, counted even over capacity
+            self.sessions[session_id] = ModelSession(worker_id)
+            self.workers[worker_id].sessions.add(session_id)
+
     @precondition(lambda self: any(s.active for s in self.sessions.values()))
     @rule(data=st.data())
     def lease_lapses(self, data: st.DataObject) -> None:

@@ -267,7 +267,8 @@ async def _serve(state: GatewayState, client: ClientSocket, session_id: str, par
 def _placer(state: GatewayState, session_id: str, client_ip: str) -> Place:
     """How this session is placed: first on any worker, then again (resume) on any but the one it left."""
 
-    async def place(params: StreamParams, resume: ResumeRecord | None, avoid: str | None) -> RemoteSessionRef:
+    async def place(params: StreamParams, resume: ResumeRecord | None, avoid: str | None,
+                    stays: bool = False) -> RemoteSessionRef:
         if resume is None:
             return await _place(state, session_id, params, client_ip, None, None)
         # The lost worker's record of this id must go before it can be acquired again (release is idempotent).
@@ -275,7 +276,13 @@ def _placer(state: GatewayState, session_id: str, client_ip: str) -> Place:
         while True:
             try:
                 await state.router.release(session_id)
-                return await _place(state, session_id, params, client_ip, resume, avoid)
+                try:
+                    return await _place(state, session_id, params, client_ip, resume, avoid)
+                except ProtocolError:
+                    if stays and avoid is not None:  # the call goes on where it was: so must its record
+                        info = SessionInfo(session_id, params.model, params.language, client_ip)
+                        await state.router.reinstate(info, avoid)
+                    raise
             except RegistryError as error:
                 if time.monotonic() >= deadline:
                     raise ProtocolError(ErrorCode.WORKER_LOST, f"the registry is unavailable: {error}") from error

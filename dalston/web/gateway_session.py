@@ -51,8 +51,9 @@ from dalston.web.replay import RelayedFinal, ReplayBuffer
 
 log = structlog.get_logger(__name__)
 
-# `place(params, resume, avoid_worker_id)`: a session spawned on a worker, or ProtocolError (no worker took it).
-Place = Callable[[StreamParams, ResumeRecord | None, str | None], Awaitable[RemoteSessionRef]]
+# `place(params, resume, avoid_worker_id, stays)`: a session spawned on a worker, or ProtocolError (no worker took
+# it). `stays`: the worker it leaves goes on with the call if no other one takes it (a handback).
+Place = Callable[[StreamParams, ResumeRecord | None, str | None, bool], Awaitable[RemoteSessionRef]]
 
 
 @dataclass(frozen=True)
@@ -183,7 +184,7 @@ class GatewaySession(Actor):
         resume = ResumeRecord(round(self.buffer.start_s, 6),
                               tuple(ResumedFinal(f.text, f.start_s, f.end_s, f.channel) for f in self.buffer.finals))
         try:
-            self.remote = await self._place(self.params, resume, lost.worker_id)
+            self.remote = await self._place(self.params, resume, lost.worker_id, why == "handback" and lost.alive)
         except ProtocolError as error:
             return await self._stay_or_give_up(lost, why, error.message)
         self._events, self._expect_begin = None, True

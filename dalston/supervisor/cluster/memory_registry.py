@@ -249,7 +249,6 @@ class RegistryState:
 
     def _adopt(self, worker_id: str, session_id: str, now: float) -> None:
         """Renew a listed session's lease, or adopt it: not one a gateway released, nor one active elsewhere."""
-        worker = self._workers[worker_id]
         session = self._sessions.get(session_id)
         if session is not None and session.status is SessionStatus.ACTIVE:
             if session.worker_id == worker_id:
@@ -257,13 +256,31 @@ class RegistryState:
             return
         if session is not None and session.ended_by == RELEASED:
             return
+        self._activate(worker_id, SessionInfo(session_id, "", "", ""), now)
+
+    def reinstate(self, session: SessionInfo, worker_id: str, now: float) -> bool:
+        self._expire_sessions(now)
+        if worker_id not in self._workers:
+            return False
+        current = self._sessions.get(session.session_id)
+        if current is not None and current.status is SessionStatus.ACTIVE:
+            return current.worker_id == worker_id
+        self._activate(worker_id, session, now)
+        self._sync_free(worker_id, now)
+        return True
+
+    def _activate(self, worker_id: str, info: SessionInfo, now: float) -> None:
+        """The session active on the worker and counted there; an ended record keeps what it knew."""
+        session = self._sessions.get(info.session_id)
         if session is None:
-            session = _Session(worker_id, SessionStatus.ACTIVE, "", "", "", started_at=now)
-            self._sessions[session_id] = session
+            session = _Session(worker_id, SessionStatus.ACTIVE, info.model, info.language, info.client_ip,
+                               started_at=now)
+            self._sessions[info.session_id] = session
         session.worker_id, session.status = worker_id, SessionStatus.ACTIVE
         session.ended_at, session.ended_by, session.expires_at = None, "", None
         session.lease_until = now + self._lease_ttl_s
-        worker.sessions.add(session_id)
+        worker = self._workers[worker_id]
+        worker.sessions.add(info.session_id)
         worker.active_sessions += 1
 
     def _sync_free(self, worker_id: str, now: float) -> None:
@@ -357,6 +374,9 @@ class MemoryRegistry(NodeRegistry):
 
     async def release(self, session_id: str, worker_id: str | None = None) -> bool:
         return self._state.release(session_id, self._clock(), worker_id)
+
+    async def reinstate(self, session: SessionInfo, worker_id: str) -> bool:
+        return self._state.reinstate(session, worker_id, self._clock())
 
     async def mark_suspect(self, worker_id: str, for_s: float) -> None:
         self._state.mark_suspect(worker_id, for_s, self._clock())

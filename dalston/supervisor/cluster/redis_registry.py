@@ -149,6 +149,7 @@ class RedisRegistry(NodeRegistry):
         self._deregister = script(registry_lua.DEREGISTER)
         self._acquire = script(registry_lua.ACQUIRE)
         self._release = script(registry_lua.RELEASE)
+        self._reinstate = script(registry_lua.REINSTATE)
         self._mark_suspect = script(registry_lua.MARK_SUSPECT)
         self._reap = script(registry_lua.REAP)
         self._models_script = script(registry_lua.MODELS)
@@ -231,6 +232,12 @@ class RedisRegistry(NodeRegistry):
         now = _stamp(self._clock())
         _, ended = await self._run(self._release, session_id, now, self._ended_ttl_ms, worker_id or "")
         return bool(ended)
+
+    async def reinstate(self, session: SessionInfo, worker_id: str) -> bool:
+        now = _stamp(self._clock())
+        _, done = await self._run(self._reinstate, session.session_id, worker_id, session.model, session.language,
+                                  session.client_ip, now, self._lease_ms)
+        return bool(done)
 
     async def mark_suspect(self, worker_id: str, for_s: float) -> None:
         await self._run(self._mark_suspect, worker_id, _ms(for_s))

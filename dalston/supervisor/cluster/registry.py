@@ -200,6 +200,12 @@ class NodeRegistry(abc.ABC):
         """
 
     @abc.abstractmethod
+    async def reinstate(self, session: SessionInfo, worker_id: str) -> bool:
+        """Record the session as active on `worker_id` again: a move released it, found no other worker, and
+        the call goes on where it was. Counted there even over capacity, as an adopted session is. False when
+        the worker is unknown or the session is active on another worker."""
+
+    @abc.abstractmethod
     async def mark_suspect(self, worker_id: str, for_s: float) -> None:
         """A gateway failed to reach this worker: acquire skips it for `for_s` seconds, for every gateway."""
 

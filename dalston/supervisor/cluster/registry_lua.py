@@ -282,6 +282,26 @@ while true do
 end
 """)
 
+# A: session_id, worker_id, model, language, client_ip, stamp, lease_ms. A move that found no other worker: the
+# call goes on where it was, and so does its record. Returns {'ok', 1} when the session is active there.
+REINSTATE = _script("""
+local sid, id = A[1], A[2]
+local w = load_worker(id)
+if not w then return {'ok', 0} end
+local miss = missing(w.models)
+if #miss > 0 then return {'missing', unpack(miss)} end
+local s = load_session(sid)
+if s and s.status == 'active' then
+  if s.worker_id == id then return {'ok', 1} end
+  return {'ok', 0}
+end
+start_session(sid, id, s or {model = A[3], language = A[4], client_ip = A[5], started_at = A[6]}, A[7])
+w.active = w.active + 1
+save_worker(id, w)
+sync_free(id, w)
+return {'ok', 1}
+""")
+
 # A: session_id, stamp, ended_ms, worker_id ('' for any). Returns {'ok', 1} for the call that ended the session,
 # else {'ok', 0}. With a worker id, a session active on another worker (it moved there) is left alone.
 RELEASE = _script("""

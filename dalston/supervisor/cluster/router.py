@@ -110,6 +110,10 @@ class SessionRouter:
             self._releases += 1
         return released
 
+    async def reinstate(self, session: SessionInfo, worker_id: str) -> bool:
+        """Record the session on `worker_id` again: a move found no other worker, the call stays there."""
+        return await self._registry.reinstate(session, worker_id)
+
     def release_eventually(self, session_id: str) -> None:
         """Release in the background, retrying while the registry is unreachable (bounded by the lease)."""
         task = asyncio.get_running_loop().create_task(self._release_with_retries(session_id))
