@@ -126,44 +126,46 @@ async def test_release_frees_the_slot_exactly_once(registry: NodeRegistry) -> No
     await assert_consistent(registry, MODELS)
 
 
-async def test_a_release_scoped_to_a_worker_leaves_a_session_that_moved_to_another_alone(
-    registry: NodeRegistry,
-) -> None:
+async def s1_on_one_of_two_workers(registry: NodeRegistry) -> tuple[str, str]:
+    """Workers a and b with one slot each, and session s1 on one of them: (its worker, the other)."""
     await register(registry, worker("a", 1), worker("b", 1))
     first = await registry.acquire(session("s1"))
     assert first is not None
-    other = "b" if first.worker_id == "a" else "a"
+    return first.worker_id, "b" if first.worker_id == "a" else "a"
+
+
+async def test_a_release_scoped_to_a_worker_leaves_a_session_that_moved_to_another_alone(
+    registry: NodeRegistry,
+) -> None:
+    first_id, other = await s1_on_one_of_two_workers(registry)
     assert await registry.release("s1") is True  # a gateway moves it: release, then acquire elsewhere
-    assert (await registry.acquire(session("s1"), exclude=frozenset({first.worker_id}))).worker_id == other
-    assert await registry.release("s1", worker_id=first.worker_id) is False  # the old worker's late release
+    assert (await registry.acquire(session("s1"), exclude=frozenset({first_id}))).worker_id == other
+    assert await registry.release("s1", worker_id=first_id) is False  # the old worker's late release
     record = await registry.get_session("s1")
     assert record is not None and record.worker_id == other and record.status is SessionStatus.ACTIVE
-    assert await counts(registry) == {first.worker_id: 0, other: 1}
+    assert await counts(registry) == {first_id: 0, other: 1}
     assert await registry.release("s1", worker_id=other) is True
-    assert await counts(registry) == {first.worker_id: 0, other: 0}
+    assert await counts(registry) == {first_id: 0, other: 0}
     await assert_consistent(registry, MODELS)
 
 
 async def test_a_session_a_move_released_is_reinstated_where_it_stays_even_over_capacity(
     registry: NodeRegistry,
 ) -> None:
-    await register(registry, worker("a", 1), worker("b", 1))
-    first = await registry.acquire(session("s1"))
-    assert first is not None
-    other = "b" if first.worker_id == "a" else "a"
+    first_id, other = await s1_on_one_of_two_workers(registry)
     assert await registry.acquire(session("s2")) is not None  # the other worker is full now
     started = (await registry.get_session("s1")).started_at
     assert await registry.release("s1") is True  # a move: no other worker can take it
     assert await registry.acquire(session("s3"), exclude=frozenset({other})) is not None  # its slot went meanwhile
-    assert await registry.reinstate(session("s1"), first.worker_id) is True
+    assert await registry.reinstate(session("s1"), first_id) is True
     record = await registry.get_session("s1")
-    assert record is not None and record.worker_id == first.worker_id and record.status is SessionStatus.ACTIVE
+    assert record is not None and record.worker_id == first_id and record.status is SessionStatus.ACTIVE
     assert record.started_at == started and record.ended_at is None
-    assert await counts(registry) == {first.worker_id: 2, other: 1}  # over capacity: it runs there
-    assert await registry.reinstate(session("s1"), first.worker_id) is True  # already there: nothing counted
-    assert await registry.reinstate(session("s2"), first.worker_id) is False  # active on the other worker
+    assert await counts(registry) == {first_id: 2, other: 1}  # over capacity: it runs there
+    assert await registry.reinstate(session("s1"), first_id) is True  # already there: nothing counted
+    assert await registry.reinstate(session("s2"), first_id) is False  # active on the other worker
     assert await registry.reinstate(session("s9"), "ghost") is False
-    assert await counts(registry) == {first.worker_id: 2, other: 1}
+    assert await counts(registry) == {first_id: 2, other: 1}
     await assert_consistent(registry, MODELS)
 
 

@@ -256,15 +256,20 @@ async def start_batching(decoder: BatchingDecoder, threads: int = 1) -> tuple[Ac
     return transcriber, inbox_ref, inbox
 
 
-async def test_a_batch_is_greedy_only_while_another_whole_batch_of_finals_waits_behind_it() -> None:
+async def finals_behind_a_busy_thread(count: int) -> tuple[BatchingDecoder, ActorRef, ActorRef, Inbox]:
+    """One final occupies the only thread while `count` more arrive; then the model answers them all."""
     decoder = BatchingDecoder(max_batch=4)
     transcriber, inbox_ref, inbox = await start_batching(decoder)
-    await transcriber.tell(sized(inbox_ref, 0, 1, final=True))  # occupies the only thread
-    for session in range(1, 11):
+    for session in range(count + 1):
         await transcriber.tell(sized(inbox_ref, session, 1, final=True))
     await asyncio.sleep(0.05)
     decoder.gate.set()
-    await wait_for_answers(inbox, 11)
+    await wait_for_answers(inbox, count + 1)
+    return decoder, transcriber, inbox_ref, inbox
+
+
+async def test_a_batch_is_greedy_only_while_another_whole_batch_of_finals_waits_behind_it() -> None:
+    decoder, transcriber, inbox_ref, _ = await finals_behind_a_busy_thread(10)
     assert [len(call) for call in decoder.calls] == [1, 4, 4, 2]
     # Behind the second call 6 finals waited (a whole batch and more): greedy. Behind the third, 2: beam.
     assert decoder.beams == [None, 1, None, None]
@@ -274,14 +279,7 @@ async def test_a_batch_is_greedy_only_while_another_whole_batch_of_finals_waits_
 
 
 async def test_finals_waiting_at_the_same_moment_are_decoded_in_one_call_up_to_max_batch() -> None:
-    decoder = BatchingDecoder(max_batch=4)
-    transcriber, inbox_ref, inbox = await start_batching(decoder)
-    await transcriber.tell(sized(inbox_ref, 0, 1, final=True))  # occupies the only thread
-    for session in range(1, 7):
-        await transcriber.tell(sized(inbox_ref, session, 1, final=True))
-    await asyncio.sleep(0.05)
-    decoder.gate.set()
-    await wait_for_answers(inbox, 7)
+    decoder, transcriber, inbox_ref, inbox = await finals_behind_a_busy_thread(6)
     assert [len(call) for call in decoder.calls] == [1, 4, 2]
     assert [s for call in decoder.calls for s, _ in call] == [f"s{i}" for i in range(7)]  # oldest first
     assert decoder.beams == [None, None, None]  # fewer than a whole batch waited behind the second call
