@@ -184,26 +184,12 @@ class WebmReader:
                 raise ContainerError(f"WebM fixed-size laced block at byte {self._offset}: {len(body) - at} bytes "
                                      f"do not split into {count} equal frames")
             sizes = [size] * (count - 1)
-        elif lacing == _XIPH_LACING:  # each size: bytes of 255 and one byte under 255, summed
-            sizes = []
-            for _ in range(count - 1):
-                size = 0
-                while True:
-                    if at >= len(body):
-                        raise ContainerError(f"WebM laced block at byte {self._offset} ends inside its sizes")
-                    size, at = size + body[at], at + 1
-                    if body[at - 1] != 255:
-                        break
-                sizes.append(size)
-        else:  # EBML lacing: the first size, then signed differences from the previous size
-            sizes = []
-            for i in range(count - 1):
-                field = read_vint(body, at, keep_marker=False)
-                if field is None:
-                    raise ContainerError(f"WebM laced block at byte {self._offset} ends inside its sizes")
-                value, length = field
-                at += length
-                sizes.append(value if i == 0 else sizes[-1] + value - ((1 << (7 * length - 1)) - 1))
+        else:
+            read = _xiph_sizes if lacing == _XIPH_LACING else _ebml_sizes
+            sizes_read = read(body, at, count - 1)
+            if sizes_read is None:
+                raise ContainerError(f"WebM laced block at byte {self._offset} ends inside its frame sizes")
+            sizes, at = sizes_read
         last = len(body) - at - sum(sizes)
         if any(size < 0 for size in sizes) or last < 0:
             raise ContainerError(f"WebM laced block at byte {self._offset}: its frame sizes exceed the block")
@@ -216,3 +202,31 @@ class WebmReader:
     def _consume(self, count: int) -> None:
         del self._buffer[:count]
         self._offset += count
+
+
+def _xiph_sizes(body: bytes, at: int, count: int) -> tuple[list[int], int] | None:
+    """`count` Xiph-laced sizes from `at` (each: bytes of 255, then one under 255, summed), and where they end."""
+    sizes = []
+    for _ in range(count):
+        size = 0
+        while True:
+            if at >= len(body):
+                return None
+            size, at = size + body[at], at + 1
+            if body[at - 1] != 255:
+                break
+        sizes.append(size)
+    return sizes, at
+
+
+def _ebml_sizes(body: bytes, at: int, count: int) -> tuple[list[int], int] | None:
+    """`count` EBML-laced sizes from `at` (the first a vint, then signed vint differences), and where they end."""
+    sizes: list[int] = []
+    for _ in range(count):
+        field = read_vint(body, at, keep_marker=False)
+        if field is None:
+            return None
+        value, length = field
+        at += length
+        sizes.append(sizes[-1] + value - ((1 << (7 * length - 1)) - 1) if sizes else value)
+    return sizes, at
