@@ -18,6 +18,7 @@ from collections.abc import Callable
 from typing import Any
 
 import aiohttp
+import numpy as np
 import pytest
 from cluster_fixtures import DalstonProcess, ProcessGroup, poll_until
 from failover_fixtures import Call, CallRecord, build_call, by_id, run_call, start_cluster, worker_of
@@ -127,6 +128,37 @@ async def test_a_telephony_or_opus_call_survives_its_worker_killed_mid_utterance
     (resumed,) = disturbed.of_type("session.resumed")
     # G.711 replays from the last final; an Ogg stream from its start (replayed_s unknown: not decoded there).
     assert (resumed["replayed_s"] is None) == (params["encoding"] == "ogg_opus")
+    await no_slot_taken(cluster_registry)
+
+
+def two_channel(call: Call, lag_s: float = 0.5) -> Call:
+    """The call on channel 0, and the same call `lag_s` later on channel 1: both mid-utterance at a fault."""
+    lag = int(lag_s * 16000)
+    later = np.concatenate([np.zeros(lag, np.int16), call.samples[:-lag]])
+    return Call(np.stack([call.samples, later], axis=1), call.transcript, call.speech_s)
+
+
+async def test_a_two_channel_call_survives_its_worker_killed_mid_utterance_with_each_channel_whole(
+    dalston_processes: ProcessGroup, cluster_registry: RedisRegistry,
+) -> None:
+    gateway, workers = await start_cluster(dalston_processes)
+    call = two_channel(build_call())
+    disturbed, reference, _ = await disturbed_call(gateway, workers, cluster_registry, call, mid_utterance(call),
+                                                   DalstonProcess.kill, channels=2)
+    assert not disturbed.of_type("error") and disturbed.close_code == 1000
+    assert len(disturbed.of_type("session.resumed")) == 1
+    end, reference_end = disturbed.events[-1], reference.events[-1]
+    assert end["type"] == "session.end" and reference_end["type"] == "session.end"
+    for channel in (0, 1):
+        finals = [final for final in disturbed.finals if final["channel"] == channel]
+        assert finals, channel
+        for before, after in itertools.pairwise(finals):
+            assert after["start"] >= before["end"] - 1e-3, (channel, before, after)  # in order, none twice
+        transcript = end["channels"][channel]["transcript"]
+        assert transcript == " ".join(final["text"] for final in finals)  # from both workers
+        wer = word_error_rate(call.transcript, transcript)
+        reference_wer = word_error_rate(call.transcript, reference_end["channels"][channel]["transcript"])
+        assert wer <= reference_wer + WER_MARGIN, (channel, wer, reference_wer, transcript)
     await no_slot_taken(cluster_registry)
 
 
