@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import io
 import itertools
-import random
-from collections.abc import Iterator
 
 import av
 import numpy as np
@@ -47,14 +45,6 @@ def encode(pcm: np.ndarray, sample_rate: int, encoding: str, *, bitrate: int = 3
             output.mux(packet)
     return buffer.getvalue()
 
-
-def random_frames(data: bytes, rng: random.Random, max_bytes: int = 4000) -> Iterator[bytes]:
-    """`data` split into frames of random sizes 1..max_bytes: container pages and samples cut anywhere."""
-    at = 0
-    while at < len(data):
-        size = rng.randint(1, max_bytes)
-        yield data[at:at + size]
-        at += size
 
 
 # ---------------------------------------------------------------- a minimal WebM writer, for lacing

@@ -98,6 +98,15 @@ def random_chunks(data: bytes, rng: random.Random, max_bytes: int = 8000) -> Ite
         at += size
 
 
+def cut(data: bytes, sizes: list[int]) -> list[bytes]:
+    """`data` cut into pieces of the given sizes, and the rest."""
+    frames, at = [], 0
+    for size in sizes:
+        frames.append(data[at : at + size])
+        at += size
+    return [*frames, data[at:]]
+
+
 def fixed_chunks(data: bytes, size: int) -> Iterator[bytes]:
     for at in range(0, len(data), size):
         yield data[at : at + size]

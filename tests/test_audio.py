@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from speech_fixtures import cut
 
 from dalston.actors.speech.audio import AudioDecoder, InvalidAudio, PcmDecoder, UnsupportedSampleRate, read_wav
 
@@ -25,14 +26,6 @@ def decode_all(decoder: AudioDecoder, frames: list[bytes]) -> np.ndarray:
     """Every sample of a stream, shape (channels, n); a mono stream as one row flattened."""
     out = np.concatenate([*(decoder.decode(f) for f in frames), decoder.finish()], axis=1)
     return out[0] if out.shape[0] == 1 else out
-
-
-def cut(data: bytes, sizes: list[int]) -> list[bytes]:
-    frames, pos = [], 0
-    for size in sizes:
-        frames.append(data[pos : pos + size])
-        pos += size
-    return [*frames, data[pos:]]
 
 
 def peak_hz(samples: np.ndarray) -> float:

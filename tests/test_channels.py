@@ -11,8 +11,8 @@ from collections.abc import Callable
 
 import numpy as np
 import pytest
-from audio_encoders import encode, random_frames
-from speech_fixtures import Clip, check_event_order, errors, start_session
+from audio_encoders import encode
+from speech_fixtures import Clip, check_event_order, errors, random_chunks, start_session
 from speech_synthesis import joined, needs_flite, synthesise
 
 from dalston.actors.speech.decoder import WhisperDecoder
@@ -49,7 +49,7 @@ async def test_each_channel_of_a_stereo_call_is_transcribed_on_its_own_and_merge
     data = interleaved.tobytes() if encoding == "pcm_s16le" else encode(interleaved, rate, encoding)
     run = await start_session(tiny_factory, StreamParams(encoding=encoding, sample_rate=rate, channels=2,
                                                          word_timestamps=True))
-    await run.push(random_frames(data, random.Random(3)))
+    await run.push(random_chunks(data, random.Random(3), max_bytes=4000))
     await run.finish()
     await run.close()
     assert errors(run.events) == []

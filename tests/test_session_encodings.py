@@ -22,7 +22,7 @@ import random
 from collections.abc import Callable
 
 import pytest
-from audio_encoders import encode, random_frames
+from audio_encoders import encode
 from speech_fixtures import (
     INFERENCE_THREADS,
     Clip,
@@ -30,6 +30,7 @@ from speech_fixtures import (
     check_event_order,
     errors,
     librivox_clips,
+    random_chunks,
     sample_clip,
     start_session,
 )
@@ -69,7 +70,8 @@ async def transcribe(factory: Callable[[], WhisperDecoder], encoding: str, rate:
         async with running:
             run = await start_session(factory, StreamParams(encoding=encoding, sample_rate=rate,
                                                             interim_results=False), session_id=f"s{index}")
-            await run.push(random_frames(client_bytes(source.pcm, rate, encoding), random.Random(seed + index)))
+            await run.push(random_chunks(client_bytes(source.pcm, rate, encoding), random.Random(seed + index),
+                                         max_bytes=4000))
             await run.finish()
             await run.close()
         check_event_order(run.events)
@@ -138,11 +140,11 @@ async def test_a_corrupt_opus_page_ends_only_its_own_session_with_invalid_audio(
         segmenter=new_segmenter(VadConfig()), sink=bad.sink, limits=SessionConfig(), model_language="en"))
     stream = bytearray(encode(clip.pcm[: clip.sample_rate * 8], clip.sample_rate, "ogg_opus"))
     stream[len(stream) // 2] ^= 0xFF  # inside some page's payload: its CRC no longer matches
-    pcm_frames = list(random_frames(clip.pcm.tobytes(), random.Random(5)))
+    pcm_frames = list(random_chunks(clip.pcm.tobytes(), random.Random(5), max_bytes=4000))
     half = len(pcm_frames) // 2
 
     await good.push(pcm_frames[:half])
-    await bad.push(random_frames(bytes(stream), random.Random(6), max_bytes=1000))
+    await bad.push(random_chunks(bytes(stream), random.Random(6), max_bytes=1000))
     await asyncio.wait_for(bad.session.wait_stopped(), 30)
     await good.push(pcm_frames[half:])
     await good.finish()
